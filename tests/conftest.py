@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from tokalign.paths import shared_corpora, shared_tokenizers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizers_dir() -> Path:
+    d = shared_tokenizers()
+    if not d.is_dir():
+        pytest.skip("shared tokenizers not found at %s (set TOKALIGN_SHARED)" % d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def corpora_dir() -> Path:
+    d = shared_corpora()
+    if not d.is_dir():
+        pytest.skip("shared corpora not found at %s (set TOKALIGN_SHARED)" % d)
+    return d
