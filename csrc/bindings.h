@@ -5,6 +5,6 @@
 namespace tokalign {
 void bind_align(pybind11::module_& m);    // bind_align.cpp: DTW / banded DTW / span / batch
 void bind_vocab(pybind11::module_& m);    // bind_vocab.cpp: Levenshtein, all-pairs MinED
-void bind_stats(pybind11::module_& m);    // bind_stats.cpp: mapping-statistics accumulation
+void bind_stats(pybind11::module_& m);    // stats_count.cpp: mapping-statistics accumulation
 void bind_remap(pybind11::module_& m);    // bind_remap.cpp: top-k remapping kernels
 }  // namespace tokalign
