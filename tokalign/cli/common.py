@@ -1,0 +1,29 @@
+"""Options shared by several subcommands."""
+import argparse
+import json
+import sys
+
+
+def add_tokenizer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer-dir", metavar="DIR",
+                   help="folder of alias-named tokenizer dirs (default: $TOKALIGN_TOKENIZER_DIR, then HF cache, hub, "
+                        "embedded)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow tokenizers that need custom code from their repository (off by default)")
+
+
+def load_pair(args):
+    """(pivot, source) tokenizers from --pivot/--source and the common options."""
+    from ..tokenize import load_tokenizer
+
+    kw = dict(tokenizer_dir=args.tokenizer_dir, trust_remote_code=args.trust_remote_code)
+    return load_tokenizer(args.pivot, **kw), load_tokenizer(args.source, **kw)
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")
+
+
+def formatter():
+    return argparse.RawDescriptionHelpFormatter
