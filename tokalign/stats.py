@@ -202,4 +202,5 @@ def merge_stats(parts: Iterable[MappingStats]) -> MappingStats:
     meta["tokalign_version"] = __version__
     total = sp.csr_matrix(total, dtype=np.int64)
     total.sort_indices()
+    meta["pairs"] = int(total.nnz)
     return MappingStats(total, meta)
