@@ -192,7 +192,7 @@ def exact_offsets(text: str, ids: np.ndarray, inserted: Optional[np.ndarray], ta
     kid = ids[keep]
     text_bytes = text.encode("utf-8")
     texts = tables.texts
-    joined = b"".join([texts[i] for i in kid.tolist()])
+    joined = b"".join(map(texts.__getitem__, kid.tolist()))
     lens = tables.lengths[kid]
     candidates = [np.zeros(kid.shape[0], dtype=bool)]
     if tables.family.prepend != "never" and kid.shape[0]:

@@ -109,7 +109,8 @@ def _spm_merges(pieces: Sequence[str], scores: Sequence[float], skip: set) -> Li
             if li is not None and ri is not None:
                 local.append((li, ri, left, right))
         local.sort()
-        merges.extend((-score, len(l), len(r), l, r) for _, _, l, r in local)
+        merges.extend((-score, -len(l), -len(r), l, r) for _, _, l, r in local)
+    # best score first; among equal scores the longer left part first (stable sort keeps id order after that)
     merges.sort(key=lambda m: (m[0], m[1], m[2]))
     return [(m[3], m[4]) for m in merges]
 

@@ -132,10 +132,10 @@ class Tokenizer:
         return self.engine.token_to_id(token)
 
     # ------------------------------------------------------------------------------------- encoding
-    def _wrap(self, text: str, enc) -> Encoding:
+    def _wrap(self, text: str, enc, add_special_tokens: bool) -> Encoding:
         ids = np.asarray(enc.ids, dtype=np.int32)
         inserted = None
-        if any(s is None for s in enc.sequence_ids):  # BOS/EOS added by the post-processor
+        if add_special_tokens and None in enc.sequence_ids:  # BOS/EOS added by the post-processor
             inserted = np.fromiter((s is None for s in enc.sequence_ids), dtype=bool, count=len(ids))
         offsets = exact_offsets(text, ids, inserted, self._tables)
         if offsets is not None:
@@ -147,7 +147,7 @@ class Tokenizer:
         """Encode one text; offsets are character offsets into ``text``."""
         if not isinstance(text, str):
             raise TokalignError("encode() needs a str, got %s" % type(text).__name__)
-        return self._wrap(text, self.engine.encode(text, add_special_tokens=add_special_tokens))
+        return self._wrap(text, self.engine.encode(text, add_special_tokens=add_special_tokens), add_special_tokens)
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> List[Encoding]:
         """Encode many texts; the tokenizers library runs them in parallel (Rust threads)."""
@@ -156,7 +156,7 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TokalignError("encode_batch(): item %d is %s, not str" % (k, type(t).__name__))
         encs = self.engine.encode_batch(texts, add_special_tokens=add_special_tokens)
-        return [self._wrap(t, e) for t, e in zip(texts, encs)]
+        return [self._wrap(t, e, add_special_tokens) for t, e in zip(texts, encs)]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.engine.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
