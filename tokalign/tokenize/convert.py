@@ -200,8 +200,12 @@ def load_tiktoken_ranks(path: Path) -> Dict[bytes, int]:
     return ranks
 
 
+_LATIN1_TO_BYTELEVEL = {b: c for b, c in BYTE_ENCODER.items()}  # str.translate table: ord(latin-1 char) -> char
+
+
 def _to_unicode(b: bytes) -> str:
-    return "".join(BYTE_ENCODER[x] for x in b)
+    """Bytes in GPT-2's byte-level alphabet (decode as latin-1, then map each code point = byte)."""
+    return b.decode("latin-1").translate(_LATIN1_TO_BYTELEVEL)
 
 
 def ranks_engine(ranks: Dict[bytes, int], pattern: str, specials: Sequence[Tuple[int, str]] = (),
@@ -213,22 +217,21 @@ def ranks_engine(ranks: Dict[bytes, int], pattern: str, specials: Sequence[Tuple
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
 
-    vocab = {_to_unicode(t): r + id_offset for t, r in ranks.items()}
+    ustr = {t: _to_unicode(t) for t in ranks}
+    vocab = {u: ranks[t] + id_offset for t, u in ustr.items()}
     if len(vocab) != len(ranks):
         raise TokalignError("tiktoken ranks: duplicate tokens")
     merges = []
+    get = ranks.get
     for tok, r in ranks.items():
-        if len(tok) < 2:
-            continue
         for k in range(1, len(tok)):
-            left = ranks.get(tok[:k])
-            if left is None:
-                continue
-            right = ranks.get(tok[k:])
-            if right is not None:
-                merges.append((r, left, right, k, tok))
+            left = get(tok[:k])
+            if left is not None:
+                right = get(tok[k:])
+                if right is not None:
+                    merges.append((r, left, right, k, tok))
     merges.sort()
-    merge_strs = [(_to_unicode(tok[:k]), _to_unicode(tok[k:])) for _, _, _, k, tok in merges]
+    merge_strs = [(ustr[tok[:k]], ustr[tok[k:]]) for _, _, _, k, tok in merges]
     for i, content in specials:
         vocab[content] = i
     engine = Tokenizer(BPE(vocab, merge_strs, fuse_unk=False, ignore_merges=True))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from ..errors import TokalignError
-from .convert import spm_engine, tekken_engine
 
 OPENCHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{{ 'GPT4 Correct ' + message['role'].title() + ': ' + "
@@ -67,18 +66,32 @@ def embedded_file(name: str) -> Path:
     return f
 
 
-def build_embedded(name: str) -> Tuple[object, Dict[str, str], Optional[str], dict]:
-    """(engine, roles, chat_template, meta) of embedded tokenizer ``name``."""
+_BUILT: Dict[str, tuple] = {}
+
+
+def build_embedded(name: str) -> Tuple[object, Dict[str, str], Optional[str], dict, list]:
+    """(engine, roles, chat_template, meta, shared tables slot) of embedded tokenizer ``name`` (built once per
+    process)."""
+    if name not in _BUILT:
+        _BUILT[name] = _build(name) + ([None],)
+    engine, roles, template, meta, slot = _BUILT[name]
+    return engine, dict(roles), template, dict(meta), slot
+
+
+def _build(name: str) -> Tuple[object, Dict[str, str], Optional[str], dict]:
     from tokenizers import AddedToken
+    from tokenizers import Tokenizer as _Engine
+
+    from .loader import _engine_from_file  # the per-process conversion cache
 
     path = embedded_file(name)
+    engine, roles, meta, _slot = _engine_from_file(path, None)
     if name == "mistral-tekken":
-        engine, roles, meta = tekken_engine(path)
         template = TEKKEN_TEMPLATE
     else:
-        engine, roles, meta = spm_engine(path)
         template = MISTRAL_V1_TEMPLATE
         if name == "openchat":
+            engine = _Engine.from_str(engine.to_str())  # a copy: the cached v1 engine stays as it is
             engine.add_tokens([AddedToken("<|end_of_turn|>", normalized=False, special=True),
                                AddedToken("<|pad_0|>", normalized=False, special=True)])
             if engine.token_to_id("<|end_of_turn|>") != 32000 or engine.token_to_id("<|pad_0|>") != 32001:

@@ -94,9 +94,10 @@ def _load_alias(alias: Alias, tokenizer_dir: Optional[PathLike], trust_remote_co
     if alias.embedded:
         from .embedded import build_embedded
 
-        engine, roles, template, meta = build_embedded(alias.embedded)
+        engine, roles, template, meta, slot = build_embedded(alias.embedded)
         return Tokenizer(engine, name=alias.name, source="embedded:%s" % alias.embedded, roles=roles,
-                         chat_template=template, hf_factory=_object_factory(engine, roles, template), meta=meta)
+                         chat_template=template, hf_factory=_object_factory(engine, roles, template), meta=meta,
+                         tables_slot=slot)
     raise TokalignError(
         "tokenizer %r not found (%s); pass tokenizer_dir= / --tokenizer-dir or set $TOKALIGN_TOKENIZER_DIR to a "
         "folder containing %s/" % (alias.name, "; ".join(tried), alias.dir_name))
@@ -186,7 +187,8 @@ def _object_factory(engine, roles: Dict[str, Optional[str]], template: Optional[
         from transformers import PreTrainedTokenizerFast
 
         kw = {r + "_token": v for r, v in roles.items() if v}
-        hf = PreTrainedTokenizerFast(tokenizer_object=_Engine.from_str(engine.to_str()), **kw)
+        hf = PreTrainedTokenizerFast(tokenizer_object=_Engine.from_str(engine.to_str()), **kw)  # a copy: hf may
+        # change padding/truncation on its backend
         if template:
             hf.chat_template = template
         return hf
@@ -254,7 +256,27 @@ def _needs_remote_code(d: Path) -> Optional[str]:
     return None
 
 
-def _engine_from_file(path: Path, pattern: Optional[str]) -> Tuple[object, Dict[str, str], dict]:
+#: (resolved path, size, mtime, pattern) -> (engine, roles, meta, tables slot): a file is converted once per
+#: process (SentencePiece / tiktoken / tekken conversion takes seconds); tokenizers built from it share the engine.
+_ENGINE_CACHE: Dict[tuple, tuple] = {}
+
+
+def _engine_from_file(path: Path, pattern: Optional[str]) -> Tuple[object, Dict[str, str], dict, list]:
+    """(engine, roles from the file itself, meta, shared tables slot) for one tokenizer file (cached)."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, pattern)
+    except OSError as e:
+        raise TokalignError("%s: cannot read: %s" % (path, e.strerror or e))
+    hit = _ENGINE_CACHE.get(key)
+    if hit is None:
+        engine, roles, meta = _convert_file(path, pattern)
+        hit = _ENGINE_CACHE[key] = (engine, roles, meta, [None])
+    engine, roles, meta, slot = hit
+    return engine, dict(roles), dict(meta), slot
+
+
+def _convert_file(path: Path, pattern: Optional[str]) -> Tuple[object, Dict[str, str], dict]:
     """(engine, roles from the file itself, meta) for one tokenizer file."""
     from tokenizers import Tokenizer as _Engine
 
@@ -291,7 +313,7 @@ def _load_path(path: Path, name: str, trust_remote_code: bool, pattern: Optional
         tok.source = "dir:%s" % path
         return tok
     try:
-        engine, roles, meta = _engine_from_file(path, pattern)
+        engine, roles, meta, slot = _engine_from_file(path, pattern)
     except OSError as e:
         raise TokalignError("%s: cannot read: %s" % (path, e.strerror or e))
     template = None
@@ -299,7 +321,7 @@ def _load_path(path: Path, name: str, trust_remote_code: bool, pattern: Optional
         roles = dict(roles, **_config_roles(path.parent))
         template = _config_template(path.parent)
     return Tokenizer(engine, name=name, source="file:%s" % path, roles=roles, chat_template=template,
-                     hf_factory=_object_factory(engine, roles, template), meta=meta)
+                     hf_factory=_object_factory(engine, roles, template), meta=meta, tables_slot=slot)
 
 
 def _load_dir(d: Path, name: str, trust_remote_code: bool, pattern: Optional[str] = None) -> Tokenizer:
@@ -309,11 +331,11 @@ def _load_dir(d: Path, name: str, trust_remote_code: bool, pattern: Optional[str
                             "--trust-remote-code (trust_remote_code=True) if you trust it" % (d, remote))
     roles: Dict[str, str] = {}
     if (d / "tokenizer.json").is_file():
-        engine, roles, meta = _engine_from_file(d / "tokenizer.json", pattern)
+        engine, roles, meta, slot = _engine_from_file(d / "tokenizer.json", pattern)
     elif (d / "tokenizer.model").is_file():
-        engine, roles, meta = _engine_from_file(d / "tokenizer.model", pattern)
+        engine, roles, meta, slot = _engine_from_file(d / "tokenizer.model", pattern)
     elif (d / "tekken.json").is_file():
-        engine, roles, meta = _engine_from_file(d / "tekken.json", pattern)
+        engine, roles, meta, slot = _engine_from_file(d / "tekken.json", pattern)
     elif any((d / f).is_file() for f in ("vocab.json", "vocab.txt", "tokenizer_config.json")):
         try:
             from transformers import AutoTokenizer
@@ -334,4 +356,4 @@ def _load_dir(d: Path, name: str, trust_remote_code: bool, pattern: Optional[str
         return AutoTokenizer.from_pretrained(str(d), trust_remote_code=trust_remote_code)
 
     return Tokenizer(engine, name=name, source="dir:%s" % d, roles=roles, chat_template=template,
-                     hf_factory=hf_factory, meta=meta)
+                     hf_factory=hf_factory, meta=meta, tables_slot=slot)

@@ -54,7 +54,7 @@ class Tokenizer:
 
     def __init__(self, engine, *, name: str, source: str, roles: Optional[Mapping[str, Optional[str]]] = None,
                  chat_template: Optional[str] = None, hf_factory: Optional[Callable[[], object]] = None,
-                 meta: Optional[dict] = None):
+                 meta: Optional[dict] = None, tables_slot: Optional[list] = None):
         self.engine = engine
         self.name = name
         self.source = source
@@ -63,14 +63,18 @@ class Tokenizer:
         self._roles = {k: v for k, v in (roles or {}).items() if v}
         self._hf_factory = hf_factory
         self._hf = None
+        # a one-element list shared by tokenizers built on the same cached engine (see loader._ENGINE_CACHE)
+        self._tables_slot = tables_slot if tables_slot is not None else [None]
         # no padding/truncation: encodings must cover the whole text
         engine.no_padding()
         engine.no_truncation()
 
     # ------------------------------------------------------------------------------------ vocabulary
-    @cached_property
+    @property
     def _tables(self) -> CanonicalTables:
-        return build_tables(self.engine)
+        if self._tables_slot[0] is None:
+            self._tables_slot[0] = build_tables(self.engine)
+        return self._tables_slot[0]
 
     @property
     def vocab_size(self) -> int:
@@ -191,8 +195,20 @@ class Tokenizer:
         if not self.chat_template:
             return "\n\n".join(str(m.get("content", "")) for m in messages)
         try:
-            out = self.hf.apply_chat_template(list(messages), tokenize=False,
-                                              add_generation_prompt=add_generation_prompt, **kwargs)
+            render = None
+            if self._hf is None:
+                try:  # transformers' own renderer, without building a transformers tokenizer (that is slow)
+                    from transformers.utils.chat_template_utils import render_jinja_template as render
+                except ImportError:  # older transformers: go through the tokenizer object
+                    render = None
+            if render is not None:
+                tokens = {r + "_token": t for r, t in self._roles.items()}
+                rendered, _ = render(conversations=[[dict(m) for m in messages]], chat_template=self.chat_template,
+                                     add_generation_prompt=add_generation_prompt, **dict(tokens, **kwargs))
+                out = rendered[0]
+            else:
+                out = self.hf.apply_chat_template(list(messages), tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt, **kwargs)
         except TokalignError:
             raise
         except Exception as e:
