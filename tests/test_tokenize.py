@@ -1,7 +1,6 @@
 """Tokenizer layer: real tokenizers from ../shared, checked against the original implementations."""
 import json
 import os
-import shutil
 import unicodedata
 from pathlib import Path
 
@@ -200,20 +199,27 @@ def test_sentencepiece_model_matches_sentencepiece(tokenizers_dir, plain_texts, 
         assert diff == list(range(92538, 92544))
 
 
-def test_tiktoken_ranks_match_tiktoken(tokenizers_dir, plain_texts):
+def _check_ranks_file(path, pattern, texts):
     tiktoken = pytest.importorskip("tiktoken")
     from tiktoken.load import load_tiktoken_bpe
 
-    for path, pattern in ((tokenizers_dir / "llama3" / "tokenizer.model", None),
-                          (tokenizers_dir / "qwen2" / "orig" / "qwen.tiktoken", QWEN_PATTERN)):
-        tok = load_tokenizer(path, pattern=pattern)
-        assert tok.meta["format"] == "tiktoken" and tok.family == "bytelevel"
-        enc = tiktoken.Encoding("ref", pat_str=pattern or LLAMA3_PATTERN,
-                                mergeable_ranks=load_tiktoken_bpe(str(path)), special_tokens={})
-        for t, e in zip(plain_texts, tok.encode_batch(plain_texts)):
-            assert e.ids.tolist() == enc.encode_ordinary(t), (path.name, t[:80])
-            assert e.offsets_exact
-        assert tok.vocab_size == enc.n_vocab
+    tok = load_tokenizer(path, pattern=pattern)
+    assert tok.meta["format"] == "tiktoken" and tok.family == "bytelevel"
+    enc = tiktoken.Encoding("ref", pat_str=pattern or LLAMA3_PATTERN,
+                            mergeable_ranks=load_tiktoken_bpe(str(path)), special_tokens={})
+    for t, e in zip(texts, tok.encode_batch(texts)):
+        assert e.ids.tolist() == enc.encode_ordinary(t), (path.name, t[:80])
+        assert e.offsets_exact
+    assert tok.vocab_size == enc.n_vocab
+
+
+def test_tiktoken_ranks_match_tiktoken(tokenizers_dir, plain_texts):
+    _check_ranks_file(tokenizers_dir / "llama3" / "tokenizer.model", None, plain_texts)
+
+
+@pytest.mark.slow
+def test_qwen_tiktoken_ranks_match_tiktoken(tokenizers_dir, plain_texts):
+    _check_ranks_file(tokenizers_dir / "qwen2" / "orig" / "qwen.tiktoken", QWEN_PATTERN, plain_texts)
 
 
 def test_tekken_matches_mistral_common(tokenizers_dir, plain_texts):
@@ -320,7 +326,7 @@ def test_missing_paths(isolated_env):
 def test_remote_code_dir_needs_flag(tmp_path, tokenizers_dir):
     d = tmp_path / "internlm2-remote"
     d.mkdir()
-    shutil.copy(tokenizers_dir / "internlm2" / "tokenizer.model", d / "tokenizer.model")
+    (d / "tokenizer.model").symlink_to(tokenizers_dir / "internlm2" / "tokenizer.model")
     (d / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "InternLM2Tokenizer",
         "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}}))

@@ -146,8 +146,8 @@ def _render_plain(msgs: List[Dict[str, str]], assistant_only: bool) -> Tuple[str
     spans: List[Tuple[int, int]] = []
     pos = 0
     for m in msgs:
-        if assistant_only and m["role"] != "assistant":
-            continue
+        if (assistant_only and m["role"] != "assistant") or not m["content"]:
+            continue  # empty turns add no text (and no blank-line separator)
         if parts:
             pos += 2  # "\n\n"
         if m["role"] == "assistant":
