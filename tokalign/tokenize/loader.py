@@ -142,6 +142,23 @@ def _offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub's endpoint.
+
+    transformers retries an unreachable hub with back-off for minutes; a machine without network
+    should fall through to the embedded tokenizers at once instead.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _from_cache_or_hub(hub_id: str, name: str, trust_remote_code: bool, tried: List[str]) -> Optional[Tokenizer]:
     snap = find_in_hf_cache(hub_id)
     if snap is not None:
@@ -151,6 +168,9 @@ def _from_cache_or_hub(hub_id: str, name: str, trust_remote_code: bool, tried: L
     tried.append("%s not in the HF cache %s" % (hub_id, hf_cache_dir()))
     if _offline():
         tried.append("hub skipped (HF_HUB_OFFLINE=1)")
+        return None
+    if not _hub_reachable():
+        tried.append("hub skipped (not reachable)")
         return None
     try:
         from transformers import AutoTokenizer
