@@ -48,7 +48,8 @@ struct RowPattern {
 
 struct Band {
     std::vector<int64_t> lo, hi, off;  // per row [lo, hi), off = first cell index of the row
-    int64_t cells = 0;
+    int64_t cells = 0;       // move slots incl. row padding
+    int64_t band_cells = 0;  // cells inside the band
 };
 
 void finish_band(Band& b, int64_t n, int64_t m) {
@@ -65,8 +66,11 @@ void finish_band(Band& b, int64_t n, int64_t m) {
     }
     b.off.resize(n + 1);
     b.off[0] = 0;
-    for (int64_t i = 0; i < n; ++i) b.off[i + 1] = b.off[i] + (b.hi[i] - b.lo[i]);
+    // Rows start on a byte of the 2-bit move array, so a row's moves are written 4 per store.
+    for (int64_t i = 0; i < n; ++i) b.off[i + 1] = b.off[i] + ((b.hi[i] - b.lo[i] + 3) & ~int64_t(3));
     b.cells = b.off[n];
+    b.band_cells = 0;
+    for (int64_t i = 0; i < n; ++i) b.band_cells += b.hi[i] - b.lo[i];
 }
 
 Band full_band(int64_t n, int64_t m) {
@@ -100,6 +104,7 @@ struct DtwWork {
     std::vector<int64_t> prev, cur;
     std::vector<uint8_t> moves;
     std::vector<uint32_t> scratch;
+    std::vector<int32_t> rowcost;
     // Costs depend only on the two token ids, and a text repeats its tokens: cells are looked
     // up in a lazily filled (distinct pivot x distinct source) matrix when that is small enough.
     std::vector<int32_t> p_local, s_local;  // dense index of each position's id
@@ -126,23 +131,27 @@ inline bool in_band(const Band& b, int64_t i, int64_t j) { return i >= 0 && j >=
 // the full matrix and the path has a predecessor outside the band (the caller widens).
 bool run_band(const TokenTable& tp, const int32_t* ip, int64_t n, const TokenTable& ts, const int32_t* is, int64_t m,
               int tie, const Band& b, bool is_full, DtwWork& w, AlignResult& out) {
-    w.prev.assign(m, kDtwInf);
-    w.cur.assign(m, kDtwInf);
-    w.moves.assign(static_cast<size_t>((b.cells + 3) / 4), 0);
+    // D rows are stored shifted by one (index j + 1 holds column j; index 0 is column -1).
+    w.prev.assign(m + 1, kDtwInf);
+    w.cur.assign(m + 1, kDtwInf);
+    w.prev[0] = 0;  // D[-1][-1] = 0: row 0 starts from it, all other borders are inf
+    w.moves.assign(static_cast<size_t>(b.cells / 4), 0);
+    w.rowcost.resize(m);
     const int64_t entries = w.p_distinct * w.s_distinct;
-    if (w.cache.empty() && entries <= kMaxCacheEntries && entries <= b.cells / 2)
+    if (w.cache.empty() && entries <= kMaxCacheEntries && entries <= b.band_cells / 2)
         w.cache.assign(static_cast<size_t>(entries), -1);  // pays off only when cells repeat
     RowPattern pat_str, pat_raw;
     uint32_t* scratch = w.scratch.data();
-    int64_t plo = 0, phi = 0;  // previous row range
+    int32_t* rowcost = w.rowcost.data();
+    int64_t plo = 0, phi = 0;  // previous row's range (row -1: only column -1)
     for (int64_t i = 0; i < n; ++i) {
         const int64_t a = ip[i];
+        const int64_t lo = b.lo[i], hi = b.hi[i];
+        // 1. Costs of the row's band cells.
         pat_str.prepare(tp.stripped(a), tp.stripped_len(a));
         pat_raw.prepare(tp.raw(a), tp.raw_len(a));
         const bool a_has_str = tp.stripped_len(a) > 0;
         int32_t* crow = w.cache.empty() ? nullptr : w.cache.data() + static_cast<int64_t>(w.p_local[i]) * w.s_distinct;
-        const int64_t lo = b.lo[i], hi = b.hi[i];
-        const int64_t base = b.off[i] - lo;
         for (int64_t j = lo; j < hi; ++j) {
             int cost = crow ? crow[w.s_local[j]] : -1;
             if (cost < 0) {
@@ -153,25 +162,34 @@ bool run_band(const TokenTable& tp, const int32_t* ip, int64_t n, const TokenTab
                                              : pat_raw.distance(ts.raw(bt), ts.raw_len(bt), scratch);
                 if (crow) crow[w.s_local[j]] = cost;
             }
-            int64_t diag, up;
-            if (i == 0) {
-                diag = j == 0 ? 0 : kDtwInf;  // D[-1][-1] = 0
-                up = kDtwInf;
-            } else {
-                diag = (j - 1 >= plo && j - 1 < phi) ? w.prev[j - 1] : kDtwInf;
-                up = (j >= plo && j < phi) ? w.prev[j] : kDtwInf;
-            }
-            const int64_t left = j > lo ? w.cur[j - 1] : kDtwInf;
-            uint8_t mv;
-            w.cur[j] = dtw_cell(cost, diag, up, left, tie, &mv);
-            const int64_t idx = base + j;
-            w.moves[idx >> 2] |= static_cast<uint8_t>(mv << ((idx & 3) * 2));
+            rowcost[j] = cost;
         }
+        // 2. Previous-row cells outside its band read as inf.
+        int64_t* P = w.prev.data() + 1;  // P[j] = D[i-1][j], P[-1] valid
+        int64_t* C = w.cur.data() + 1;
+        if (i > 0) {
+            for (int64_t j = std::max(phi, lo); j < hi; ++j) P[j] = kDtwInf;
+            if (lo - 1 < plo) P[lo - 1] = kDtwInf;
+        }
+        // 3. D values and moves, 4 moves per byte.
+        uint8_t* mv_row = w.moves.data() + b.off[i] / 4;
+        int64_t left = kDtwInf;
+        uint8_t pack = 0;
+        for (int64_t j = lo; j < hi; ++j) {
+            uint8_t mv;
+            left = dtw_cell(rowcost[j], P[j - 1], P[j], left, tie, &mv);
+            C[j] = left;
+            const int64_t k = j - lo;
+            pack |= static_cast<uint8_t>(mv << ((k & 3) * 2));
+            if ((k & 3) == 3) { mv_row[k >> 2] = pack; pack = 0; }
+        }
+        if (((hi - lo) & 3) != 0) mv_row[(hi - lo - 1) >> 2] = pack;
         std::swap(w.prev, w.cur);
+        if (i == 0) w.cur[0] = kDtwInf;  // the D[-1][-1] = 0 seed must not leak into later rows
         plo = lo;
         phi = hi;
     }
-    out.cost = w.prev[m - 1];
+    out.cost = w.prev[m];
     // Traceback from the end, exactly as FuseChat: record the cell, follow its move.
     out.path_p.clear();
     out.path_s.clear();
@@ -249,7 +267,7 @@ AlignResult dtw_align(const TokenTable& tp, const int32_t* ip, int64_t n, const 
         double radius = band > 0 ? static_cast<double>(band) : std::max(64.0, 8.0 * per_token);
         for (;;) {
             Band b = weight_band(pc, sc, n, m, radius);
-            if (static_cast<double>(b.cells) >= 0.5 * total) break;  // cheaper to do it all
+            if (static_cast<double>(b.band_cells) >= 0.5 * total) break;  // cheaper to do it all
             if (run_band(tp, ip, n, ts, is, m, tie, b, false, w, out)) {
                 out.band = static_cast<int64_t>(radius);
                 finish_result(out);
