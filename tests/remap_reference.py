@@ -255,8 +255,8 @@ def token_bytes(tokenizer_json: Path) -> list:
 def exact_match_map(source_bytes: Sequence[bytes], pivot_bytes: Sequence[bytes]) -> sp.csr_matrix:
     """EM vocabulary map: source token -> the pivot token with the same bytes (one-hot rows), else unmapped."""
     index = {}
-    for i, b in enumerate(pivot_bytes):
-        if b and b not in index:
+    for i, b in enumerate(pivot_bytes):  # later ids win: SentencePiece lists <0xNN> byte pieces first
+        if b:
             index[b] = i
     rows, cols = [], []
     for i, b in enumerate(source_bytes):
