@@ -54,8 +54,9 @@ struct Worker {
             const float l = lg[k];
             if (std::isnan(l) || l == std::numeric_limits<float>::infinity()) nonfinite = true;
             if (nonfinite || l == -std::numeric_limits<float>::infinity()) continue;  // probability 0
-            const double p = std::exp(static_cast<double>(l) - lse);
             const int64_t e0 = in.map_indptr[id], e1 = in.map_indptr[id + 1];
+            if (e0 == e1) continue;  // unmapped: its mass is lost (skip the exp)
+            const double p = std::exp(static_cast<double>(l) - lse);
             for (int64_t e = e0; e < e1; ++e) {
                 const double w = in.map_data[e];
                 if (w <= 0.0) continue;
@@ -114,7 +115,20 @@ struct Worker {
         cand.clear();
         const size_t k_out = static_cast<size_t>(opt.k_out);
         const size_t n_keep = std::min(k_out, merged.size());
-        std::partial_sort(merged.begin(), merged.begin() + n_keep, merged.end(), better);
+        if (merged.size() <= kLinearMergeMax) {
+            // insertion sort: typical rows hold a handful of entries
+            for (size_t a = 1; a < merged.size(); ++a) {
+                const Cand c = merged[a];
+                size_t b = a;
+                while (b > 0 && better(c, merged[b - 1])) {
+                    merged[b] = merged[b - 1];
+                    --b;
+                }
+                merged[b] = c;
+            }
+        } else {
+            std::partial_sort(merged.begin(), merged.begin() + n_keep, merged.end(), better);
+        }
         int32_t* ids = out.ids + row * opt.k_out;
         float* lg = out.logits + row * opt.k_out;
         double kept = 0.0;
