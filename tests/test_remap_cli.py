@@ -77,7 +77,8 @@ def test_remap_samples_and_build_samples_match_array_api():
 
 def test_remapped_token_ce():
     res = {"topk_ids": np.array([[5, 6], [7, -1], [1, 2]], np.int32),
-           "topk_logits": np.log(np.array([[0.5, 0.25], [0.5, 0.0], [0.9, 0.1]], np.float32)),
+           "topk_logits": np.array([[np.log(0.5), np.log(0.25)], [np.log(0.5), -np.inf], [np.log(0.9), np.log(0.1)]],
+                                   np.float32),
            "retained_mass": np.array([0.75, 0.5, 1.0], np.float32), "valid": np.array([True, True, True])}
     ce = remapped_token_ce(res, np.array([0, 6, 3]))
     # position 0 -> next token 6 kept with 0.25; position 1 -> 3 not kept: -log(tail 0.5); last: 0
