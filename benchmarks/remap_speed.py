@@ -76,13 +76,19 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-sequences", type=int, default=40, help="sequences timed with the slow reference")
     ap.add_argument("--pivot", default="openchat-3.5")
     ap.add_argument("--source", default="qwen2")
+    ap.add_argument("--map-npz", default=None, help="use a saved vocabulary map (DIR/map.npz) instead")
     ap.add_argument("--torch", action="store_true", help="also time the torch path (CPU, or --device)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
-    vmap, map_desc = load_map(rng, args.pivot, args.source)
+    if args.map_npz:
+        from tokalign.artifacts import load_sparse_npz
+
+        vmap, map_desc = load_sparse_npz(args.map_npz), f"saved map {args.map_npz}"
+    else:
+        vmap, map_desc = load_map(rng, args.pivot, args.source)
     pm = prepare_map(vmap)
     data = build_data(rng, args.sequences, args.length, args.k, vmap)
     groups, g_off = concat_groups(data["groups"])
