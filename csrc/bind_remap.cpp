@@ -1,5 +1,137 @@
+// pybind11 binding of the remap kernel (csrc/remap_kernel.cpp): checks shapes, allocates the outputs
+// and runs the kernel with the GIL released. Python wrapper and semantics: tokalign/remap.py, docs/remap.md.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
 #include "bindings.h"
+#include "tokalign/remap.h"
+
+namespace py = pybind11;
 
 namespace tokalign {
-void bind_remap(pybind11::module_& m) { (void)m; }  // filled in by the remap work
+namespace {
+
+template <typename T>
+using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+py::dict remap_topk(Arr<int64_t> groups, Arr<int64_t> group_offsets, Arr<int32_t> source_ids,
+                    Arr<float> source_logits, Arr<float> source_lse, Arr<int64_t> source_offsets,
+                    Arr<int64_t> map_indptr, Arr<int32_t> map_indices, Arr<float> map_data, int64_t pivot_vocab,
+                    Arr<int32_t> pivot_ids, Arr<int64_t> pivot_offsets, py::object pivot_topk_ids,
+                    py::object pivot_topk_logits, py::object pivot_lse, int64_t k_out, int inside, int one_to_many,
+                    int num_threads) {
+    auto fail = [](const std::string& m) { throw std::invalid_argument(m); };
+    if (groups.ndim() != 2 || groups.shape(1) != 4) fail("remap: groups must have shape [G, 4]");
+    if (group_offsets.ndim() != 1 || group_offsets.size() < 1) fail("remap: group_offsets must have length S + 1");
+    const int64_t S = group_offsets.size() - 1;
+    if (source_offsets.size() != S + 1 || pivot_offsets.size() != S + 1)
+        fail("remap: group, source and pivot offsets must all have length S + 1");
+    if (source_ids.ndim() != 2 || source_logits.ndim() != 2 || source_ids.shape(0) != source_logits.shape(0) ||
+        source_ids.shape(1) != source_logits.shape(1))
+        fail("remap: source top-k ids and logits must both have shape [N, K]");
+    if (source_lse.ndim() != 1 || source_lse.shape(0) != source_ids.shape(0))
+        fail("remap: source logsumexp must have shape [N]");
+    if (pivot_ids.ndim() != 1) fail("remap: pivot ids must be 1-D");
+    if (map_indptr.ndim() != 1 || map_indptr.size() < 1) fail("remap: map indptr must have length source_vocab + 1");
+    if (map_indices.size() != map_data.size()) fail("remap: map indices and data differ in length");
+    if (pivot_vocab <= 0) fail("remap: pivot vocabulary size must be positive");
+    if (k_out < 1) fail("remap: k_out must be >= 1");
+
+    remap::Inputs in;
+    in.groups = groups.data();
+    in.group_offsets = group_offsets.data();
+    in.n_seq = S;
+    in.n_groups = groups.shape(0);
+    in.source_ids = source_ids.data();
+    in.source_logits = source_logits.data();
+    in.source_lse = source_lse.data();
+    in.source_offsets = source_offsets.data();
+    in.n_source = source_ids.shape(0);
+    in.k_source = source_ids.shape(1);
+    in.map_indptr = map_indptr.data();
+    in.map_indices = map_indices.data();
+    in.map_data = map_data.data();
+    in.source_vocab = map_indptr.size() - 1;
+    in.pivot_vocab = pivot_vocab;
+    in.pivot_ids = pivot_ids.data();
+    in.pivot_offsets = pivot_offsets.data();
+    in.n_pivot = pivot_ids.shape(0);
+    if (in.map_indptr[in.source_vocab] != static_cast<int64_t>(map_indices.size()))
+        fail("remap: map indptr does not end at the number of stored entries");
+
+    Arr<int32_t> piv_ids;
+    Arr<float> piv_logits, piv_lse;
+    if (!pivot_topk_ids.is_none()) {
+        piv_ids = pivot_topk_ids.cast<Arr<int32_t>>();
+        piv_logits = pivot_topk_logits.cast<Arr<float>>();
+        piv_lse = pivot_lse.cast<Arr<float>>();
+        if (piv_ids.ndim() != 2 || piv_logits.ndim() != 2 || piv_ids.shape(0) != in.n_pivot ||
+            piv_logits.shape(0) != in.n_pivot || piv_ids.shape(1) != piv_logits.shape(1) || piv_lse.ndim() != 1 ||
+            piv_lse.shape(0) != in.n_pivot)
+            fail("remap: pivot top-k ids / logits must have shape [Np, Kp] and pivot logsumexp [Np]");
+        in.pivot_topk_ids = piv_ids.data();
+        in.pivot_topk_logits = piv_logits.data();
+        in.pivot_lse = piv_lse.data();
+        in.k_pivot = piv_ids.shape(1);
+    }
+
+    remap::Options opt;
+    opt.k_out = k_out;
+    opt.inside = inside;
+    opt.one_to_many = one_to_many;
+    opt.num_threads = num_threads;
+
+    const py::ssize_t n = static_cast<py::ssize_t>(in.n_pivot), k = static_cast<py::ssize_t>(k_out);
+    Arr<int32_t> ids({n, k});
+    Arr<float> logits({n, k});
+    py::array_t<uint8_t> kind(n), valid(n);
+    Arr<float> retained(n);
+    Arr<int32_t> source_pos(n);
+    remap::Outputs out;
+    out.ids = ids.mutable_data();
+    out.logits = logits.mutable_data();
+    out.kind = kind.mutable_data();
+    out.retained = retained.mutable_data();
+    out.valid = valid.mutable_data();
+    out.source_pos = source_pos.mutable_data();
+    remap::Counts counts;
+    std::string err;
+    {
+        py::gil_scoped_release release;
+        err = remap::run(in, opt, out, counts);
+    }
+    if (!err.empty()) throw std::invalid_argument(err);
+    py::dict d;
+    d["topk_ids"] = ids;
+    d["topk_logits"] = logits;
+    d["group_kind"] = kind;
+    d["retained_mass"] = retained;
+    d["valid"] = valid;
+    d["source_position"] = source_pos;
+    d["n_masked"] = counts.masked;
+    d["n_nonfinite"] = counts.nonfinite;
+    d["n_empty"] = counts.empty;
+    return d;
+}
+
+}  // namespace
+
+void bind_remap(py::module_& m) {
+    m.def("remap_topk", &remap_topk, py::arg("groups"), py::arg("group_offsets"), py::arg("source_ids"),
+          py::arg("source_logits"), py::arg("source_lse"), py::arg("source_offsets"), py::arg("map_indptr"),
+          py::arg("map_indices"), py::arg("map_data"), py::arg("pivot_vocab"), py::arg("pivot_ids"),
+          py::arg("pivot_offsets"), py::arg("pivot_topk_ids") = py::none(), py::arg("pivot_topk_logits") = py::none(),
+          py::arg("pivot_lse") = py::none(), py::arg("k_out") = 10, py::arg("inside") = 0, py::arg("one_to_many") = 0,
+          py::arg("num_threads") = 0,
+          "Remap ragged source top-k distributions into the pivot vocabulary (GIL released, OpenMP).\n"
+          "inside: 0 onehot, 1 pivot, 2 mask; one_to_many: 0 last, 1 weighted. Returns a dict of arrays\n"
+          "(topk_ids, topk_logits, group_kind, retained_mass, valid (uint8), source_position) and counts.\n"
+          "Low-level: use tokalign.remap.remap_batch.");
+}
+
 }  // namespace tokalign
