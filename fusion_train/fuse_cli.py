@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 EPILOG = """examples:
   # FuseChat-style pairwise fusion: pivot's own store + one remapped source store
   fusion-train fuse --model openchat-3.5/ --pivot-store pivot.zarr --teacher-store internlm2-remapped.zarr \\
-      --output-dir fused/ --bf16 --gradient-checkpointing --learning-rate 5e-6 \\
+      --output-dir fused/ --bf16 --activation-checkpointing --learning-rate 5e-6 \\
       --per-device-train-batch-size 4 --num-train-epochs 3 --save-steps 500
 
   # FuseLLM-style multi-teacher, MinCE per token, 8 GPUs with DeepSpeed ZeRO-3
@@ -37,7 +37,8 @@ EPILOG = """examples:
   # resume the latest checkpoint in the output directory
   fusion-train fuse ... --output-dir fused/ --resume-from-checkpoint last
 
-The loss is lambda_sft * SFT + (1 - lambda_sft) * fusion (lambda_sft 0.9, FuseChat's lm_loss_weight).
+Every transformers.TrainingArguments field is a flag (--max-steps, --save-steps, --deepspeed, --fsdp, ...;
+--gradient-checkpointing on transformers < 5). The loss is lambda_sft * SFT + (1 - lambda_sft) * fusion (lambda_sft 0.9, FuseChat's lm_loss_weight).
 The output directory must be empty unless --overwrite-output-dir or --resume-from-checkpoint is given.
 """
 
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     """Train; returns 0. Raises TokalignError on bad input (printed as one line, exit 2)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from .data import FusionDataset
     from .trainer import FusionTrainer
@@ -220,15 +221,12 @@ def run(args: argparse.Namespace) -> int:
     pivot = open_reader(args.pivot_store)
     sources = [open_reader(u) for u in args.teacher_store]
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[
-        args.model_dtype
-    ]
+    # cheap checks (stores, vocabulary) before the weights are loaded
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        model_config = AutoConfig.from_pretrained(args.model)
     except (OSError, ValueError) as exc:
         raise TokalignError("cannot load --model %s: %s" % (args.model, str(exc).splitlines()[0])) from exc
-    vocab_size = model.get_output_embeddings().weight.shape[0]
-
+    vocab_size = getattr(model_config.get_text_config(), "vocab_size", None)
     dataset = FusionDataset(
         pivot,
         sources,
@@ -238,6 +236,14 @@ def run(args: argparse.Namespace) -> int:
         vocab_size=vocab_size,
         max_length=config.max_length,
     )
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[
+        args.model_dtype
+    ]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise TokalignError("cannot load --model %s: %s" % (args.model, str(exc).splitlines()[0])) from exc
     trainer = FusionTrainer(
         model=model,
         args=config,

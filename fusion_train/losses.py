@@ -69,33 +69,76 @@ _NEG = -1e30
 _TAIL_EPS = 1e-12
 
 
-def student_logsumexp(logits: torch.Tensor, chunk_rows: int = 8192) -> torch.Tensor:
-    """``logsumexp(logits, -1)`` in float32, shape ``logits.shape[:-1]``.
+def _chunk_rows(vocab: int) -> int:
+    # ~64M elements (256 MB of float32) of temporaries per chunk, whatever the vocabulary size
+    return max(1, (1 << 26) // max(vocab, 1))
 
-    Upcasts ``chunk_rows`` rows at a time so that without autograd (evaluation, benchmarks) a
-    bf16 ``[B, L, V]`` never gets a full float32 copy. Under autograd the float32 input of
-    each chunk is kept for the backward pass, as with any softmax-based loss.
+
+def student_logsumexp(logits: torch.Tensor, chunk_rows: Optional[int] = None) -> torch.Tensor:
+    """``logsumexp(logits.float(), -1)`` computed ``chunk_rows`` rows at a time (no gradient), float32."""
+    flat = logits.detach().reshape(-1, logits.shape[-1])
+    rows = chunk_rows or _chunk_rows(flat.shape[-1])
+    out = torch.cat([torch.logsumexp(c.float(), dim=-1) for c in flat.split(rows)]) if flat.shape[0] else flat.new_zeros(0)
+    return out.float().reshape(logits.shape[:-1])
+
+
+class _GatherLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits)[..., ids]`` without a ``[N, V]`` log-softmax in the autograd graph.
+
+    Forward keeps only ``lse [N]`` (and a reference to the logits). Backward writes the gradient
+    ``scatter(G) - sum(G) * softmax(x)`` straight into one tensor of the logits' shape, chunk by
+    chunk, so the extra memory is that gradient plus one chunk of temporaries (autograd through
+    ``log_softmax`` + ``gather`` would hold the log-softmax, a dense gather gradient and their sum).
     """
-    flat = logits.reshape(-1, logits.shape[-1])
-    if flat.dtype == torch.float32 or flat.shape[0] <= chunk_rows:
-        out = torch.logsumexp(flat.float(), dim=-1)
-    else:
-        out = torch.cat([torch.logsumexp(c.float(), dim=-1) for c in flat.split(chunk_rows)])
-    return out.reshape(logits.shape[:-1])
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, chunk_rows: int):
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        flat_ids = ids.reshape(flat.shape[0], -1).clamp_min(0).long()
+        lse = student_logsumexp(flat, chunk_rows)
+        out = flat.gather(-1, flat_ids).float() - lse.unsqueeze(-1)
+        ctx.save_for_backward(logits, flat_ids, lse)
+        ctx.chunk_rows = chunk_rows
+        return out.reshape(ids.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, flat_ids, lse = ctx.saved_tensors
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        g = grad_out.reshape(flat_ids.shape).float()
+        g_sum = g.sum(-1)
+        grad = torch.empty_like(flat)
+        rows = ctx.chunk_rows
+        in_place = grad.dtype == torch.float32  # work directly in the gradient, no temporary
+        for start in range(0, flat.shape[0], rows):
+            stop = min(start + rows, flat.shape[0])
+            if in_place:
+                chunk = torch.sub(flat[start:stop], lse[start:stop, None], out=grad[start:stop])
+            else:
+                chunk = flat[start:stop].to(torch.float32, copy=True).sub_(lse[start:stop, None])
+            chunk.exp_().mul_(-g_sum[start:stop, None])
+            chunk.scatter_add_(-1, flat_ids[start:stop], g[start:stop])
+            if not in_place:
+                grad[start:stop].copy_(chunk)
+        return grad.reshape(logits.shape), None, None
 
 
 def student_log_probs_at(
-    logits: torch.Tensor, ids: torch.Tensor, lse: Optional[torch.Tensor] = None
+    logits: torch.Tensor, ids: torch.Tensor, chunk_rows: Optional[int] = None
 ) -> torch.Tensor:
-    """Student log-probabilities ``log_softmax(logits)[..., ids]`` (float32, shape of ``ids``).
+    """Student log-probabilities ``log_softmax(logits)[..., ids]``: float32, shape of ``ids``.
 
-    ``ids`` may hold ``-1`` for invalid slots (their value is meaningless; mask them).
-    ``lse``: precomputed :func:`student_logsumexp` (pass it when several targets share logits).
+    ``logits [..., V]`` (any float dtype; math in float32), ``ids [..., J]`` (``-1`` allowed for
+    invalid slots: their value is meaningless, mask them). Differentiable w.r.t. ``logits``
+    with a memory-lean backward (:class:`_GatherLogSoftmax`). Gather all the ids a loss needs in
+    one call (e.g. the label and the top-k) so that the backward builds one dense gradient.
     """
-    if lse is None:
-        lse = student_logsumexp(logits)
-    picked = logits.gather(-1, ids.clamp_min(0).long()).float()
-    return picked - lse.unsqueeze(-1)
+    rows = chunk_rows or _chunk_rows(logits.shape[-1])
+    if ids.shape[:-1] != logits.shape[:-1]:
+        raise ValueError("ids %s and logits %s disagree on leading dims" % (tuple(ids.shape), tuple(logits.shape)))
+    return _GatherLogSoftmax.apply(logits, ids, rows)
 
 
 def _check_tail(tail: str, temperature: float) -> None:
@@ -143,14 +186,12 @@ def _student_tail_log(logq: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.log((1.0 - q_in).clamp_min(_TAIL_EPS))
 
 
-def _per_position(
-    kind: str, logits, ids, probs, tail, temperature, lse
-) -> tuple:
-    """Per-position loss ``[...]`` and ``has_target`` (at least one valid slot) ``[...]``."""
+def _per_position(kind: str, logq: torch.Tensor, ids, probs, tail, temperature) -> tuple:
+    """Per-position loss ``[...]`` and ``has_target`` (at least one valid slot) ``[...]`` from the
+    student's log-probabilities ``logq [..., K]`` at ``ids``."""
     if kind not in DISTILL_LOSSES:
         raise ValueError("kind must be one of %s, got %r" % (", ".join(DISTILL_LOSSES), kind))
     valid, logp, p, tail_mass = target_log_probs(ids, probs, tail=tail, temperature=temperature)
-    logq = student_log_probs_at(logits, ids, lse)
     logq = torch.where(valid, logq, torch.zeros_like(logq))
     if kind == "ce":
         loss = -(p * logq).sum(-1)
@@ -187,15 +228,19 @@ def sparse_distill_loss(
     temperature: float = 1.0,
     mask: Optional[torch.Tensor] = None,
     reduction: str = "mean",
-    lse: Optional[torch.Tensor] = None,
+    logq: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Cross-entropy (``kind="ce"``) or KL (``"kl"``) of the student against sparse targets.
 
     ``logits [..., V]``; ``ids``/``probs [..., K]`` exact teacher top-k probabilities (``ids < 0``
     invalid); ``mask [...]`` positions to train on. ``"mean"`` averages over masked positions
     that have at least one valid slot (a position with an empty target contributes nothing).
+    ``logq``: the student's log-probabilities at ``ids`` if already gathered
+    (:func:`student_log_probs_at`); ``logits`` is then not used.
     """
-    loss, has_target = _per_position(kind, logits, ids, probs, tail, temperature, lse)
+    if logq is None:
+        logq = student_log_probs_at(logits, ids)
+    loss, has_target = _per_position(kind, logq, ids, probs, tail, temperature)
     weight = has_target.float()
     if mask is not None:
         weight = weight * mask.float()
@@ -213,20 +258,21 @@ def sparse_kl_div(logits, ids, probs, **kwargs) -> torch.Tensor:
 
 
 def sft_loss(
-    logits: torch.Tensor, labels: torch.Tensor, lse: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor], labels: torch.Tensor, logq_labels: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Causal-LM cross-entropy, mean over ``labels != -100`` (labels are shifted here, as HF does).
+    """Causal-LM cross-entropy, mean over ``labels != -100`` (labels shifted here, as HF does).
 
-    Equals the model's own ``outputs.loss`` but reuses ``lse`` shared with the fusion loss, so the
-    float32 ``[B, L, V]`` softmax is computed once for both.
+    Equals the model's own ``outputs.loss``. ``logq_labels [B, L]``: the student's log-probability
+    of ``labels[:, t + 1]`` at position ``t`` if already gathered (see :func:`fusion_loss`).
     """
     target = labels[..., 1:]
     keep = target.ne(-100)
-    if lse is None:
-        lse = student_logsumexp(logits)
-    picked = logits[..., :-1, :].gather(-1, target.clamp_min(0).unsqueeze(-1).long()).squeeze(-1).float()
-    nll = lse[..., :-1] - picked
-    return (nll * keep).sum() / keep.sum().clamp_min(1)
+    if logq_labels is None:
+        ids = target.clamp_min(0).unsqueeze(-1)
+        logq_labels = student_log_probs_at(logits[..., :-1, :], ids).squeeze(-1)
+    else:
+        logq_labels = logq_labels[..., :-1]
+    return -(logq_labels * keep).sum() / keep.sum().clamp_min(1)
 
 
 @dataclass
@@ -316,12 +362,13 @@ def select_targets(teachers: Sequence[TeacherTargets], choice: torch.Tensor):
 class FusionLossOutput:
     """Result of :func:`fusion_loss`: ``loss`` (scalar), ``choice [B, L]`` teacher index per position,
     ``choice_counts [T]`` positions (under the mask, with a target) that used each teacher,
-    ``positions`` their total (a 0-dim tensor)."""
+    ``positions`` their total (a 0-dim tensor), ``sft`` the SFT loss when ``labels`` were given."""
 
     loss: torch.Tensor
     choice: torch.Tensor
     choice_counts: torch.Tensor
     positions: torch.Tensor
+    sft: Optional[torch.Tensor] = None
 
 
 def fusion_loss(
@@ -335,14 +382,15 @@ def fusion_loss(
     kind: str = "ce",
     tail: str = "renormalize",
     temperature: float = 1.0,
-    lse: Optional[torch.Tensor] = None,
+    labels: Optional[torch.Tensor] = None,
 ) -> FusionLossOutput:
     """MinCE fusion loss: pick a teacher per sequence/position (:func:`min_ce_choice`), then the
     sparse CE/KL of the student against that teacher's target, averaged over masked positions
     with a target (FuseChat averages over ``attention_mask``; pass the mask you want).
 
     ``fusion="minCE"`` picks the argmin; ``"pivot"`` always uses teacher 0 (plain distillation
-    from the pivot's own store, a useful ablation).
+    from the pivot's own store, a useful ablation). With ``labels [B, L]`` the SFT loss is computed
+    in the same gather (one dense gradient for both) and returned as ``.sft``.
     """
     if fusion == "minCE":
         choice = min_ce_choice(teachers, granularity=granularity, include_pivot=include_pivot)
@@ -351,12 +399,21 @@ def fusion_loss(
     else:
         raise ValueError("fusion must be 'minCE' or 'pivot', got %r" % fusion)
     ids, probs = select_targets(teachers, choice)
-    per_pos, has_target = _per_position(kind, logits, ids, probs, tail, temperature, lse)
+    sft = None
+    if labels is not None:
+        next_label = torch.nn.functional.pad(labels[..., 1:], (0, 1), value=-100)
+        all_ids = torch.cat([next_label.clamp_min(0).unsqueeze(-1).to(ids.dtype), ids], -1)
+        logq_all = student_log_probs_at(logits, all_ids)
+        sft = sft_loss(None, labels, logq_labels=logq_all[..., 0])
+        logq = logq_all[..., 1:]
+    else:
+        logq = student_log_probs_at(logits, ids)
+    per_pos, has_target = _per_position(kind, logq, ids, probs, tail, temperature)
     weight = has_target.float() if mask is None else has_target.float() * mask.float()
     loss = (per_pos * weight).sum() / weight.sum().clamp_min(1.0)
     counted = weight > 0
     counts = torch.bincount(choice[counted].reshape(-1), minlength=len(teachers))
-    return FusionLossOutput(loss=loss, choice=choice, choice_counts=counts, positions=counted.sum())
+    return FusionLossOutput(loss=loss, choice=choice, choice_counts=counts, positions=counted.sum(), sft=sft)
 
 
 def combine_losses(sft: torch.Tensor, fusion: torch.Tensor, lambda_sft: float = 0.9) -> torch.Tensor:

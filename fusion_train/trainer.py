@@ -7,8 +7,9 @@ DeepSpeed, FSDP, gradient accumulation, checkpointing and resuming — is Traine
 How it matches FuseChat's ``DistillTrainer.compute_loss`` (``distill_greater_as_gt``, type "hard"):
 
 - SFT: the causal-LM cross-entropy over ``labels != -100``, mean per micro-batch (FuseChat: the
-  model's own loss). We compute it from the same log-sum-exp as the fusion loss, so the float32
-  softmax of ``[B, L, V]`` is built once.
+  model's own loss). We gather it together with the fusion targets from the logits
+  (:func:`fusion_train.losses.student_log_probs_at`), so the backward builds one dense gradient
+  and no ``[B, L, V]`` log-softmax is kept.
 - Fusion target: per sequence, the teacher with the lowest ``metric_ce`` (``seq_ce``) among the
   pivot ("base") and the aligned source(s); ``torch.argmax`` of ``1/exp(ce)`` there, ``argmin`` of
   ``ce`` here (ties to the pivot in both); see :func:`fusion_train.losses.min_ce_choice`.
@@ -29,7 +30,7 @@ from transformers import Trainer
 
 from .config import FusionConfig
 from .data import FusionCollator
-from .losses import TeacherTargets, combine_losses, fusion_loss, sft_loss, student_logsumexp
+from .losses import TeacherTargets, combine_losses, fusion_loss, sft_loss
 
 __all__ = ["FusionTrainer"]
 
@@ -103,9 +104,8 @@ class FusionTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits
-        lse = student_logsumexp(logits)
-        sft = sft_loss(logits, labels, lse=lse)
         if args.lambda_sft < 1.0:
+            # SFT and fusion share one gather of the student's log-probabilities (one dense backward)
             fused = fusion_loss(
                 logits,
                 teachers,
@@ -116,11 +116,12 @@ class FusionTrainer(Trainer):
                 kind=args.distill_loss,
                 tail=args.tail,
                 temperature=args.temperature,
-                lse=lse,
+                labels=labels,
             )
-            fusion_value = fused.loss
+            sft, fusion_value = fused.sft, fused.loss
         else:
             fused = None
+            sft = sft_loss(logits, labels)
             fusion_value = torch.zeros((), device=logits.device)
         loss = combine_losses(sft, fusion_value, args.lambda_sft)
         if model.training:

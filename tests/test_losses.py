@@ -15,6 +15,7 @@ from fusion_train.losses import (
     sparse_cross_entropy,
     sparse_distill_loss,
     sparse_kl_div,
+    student_log_probs_at,
 )
 from fusion_train.testing import InMemoryReader, random_samples, remapped_like
 
@@ -111,14 +112,41 @@ def test_exact_tail_rejects_temperature():
         sparse_cross_entropy(torch.zeros(8, V), ids, probs, tail="drop")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gather_log_softmax_value_and_gradient(dtype):
+    g = torch.Generator().manual_seed(11)
+    logits = (torch.randn(3, 5, V, generator=g) * 3).to(dtype).requires_grad_(True)
+    ids = torch.randint(0, V, (3, 5, 4), generator=g)
+    ids[0, 1, 2] = -1
+    weights = torch.rand(3, 5, 4, generator=g) * (ids >= 0)
+    keep = logits.detach().clone()
+    got = student_log_probs_at(logits, ids, chunk_rows=4)  # several chunks
+    ref_logits = logits.detach().float().requires_grad_(True)
+    ref = torch.log_softmax(ref_logits, -1).gather(-1, ids.clamp_min(0))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    (got * weights).sum().backward()
+    (ref * weights).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(logits.grad.float(), ref_logits.grad, rtol=tol, atol=tol)
+    assert logits.grad.dtype == dtype
+    assert torch.equal(logits.detach(), keep)  # backward must not touch the logits
+
+
 def test_sft_loss_matches_cross_entropy():
     g = torch.Generator().manual_seed(3)
-    logits = torch.randn(2, 9, V, generator=g)
+    logits = torch.randn(2, 9, V, generator=g, requires_grad=True)
     labels = torch.randint(0, V, (2, 9), generator=g)
     labels[0, :4] = -100
     labels[1, 7:] = -100
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100)
-    assert sft_loss(logits, labels).item() == pytest.approx(ref.item(), rel=1e-6)
+    got = sft_loss(logits, labels)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(got, logits)[0], torch.autograd.grad(ref, logits)[0])
+    # the fused path (labels gathered with the fusion targets) gives the same SFT loss
+    teachers = _teacher_batch(2, b=2, l=9)
+    fused = fusion_loss(logits, teachers, labels=labels)
+    assert fused.sft.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert fused.loss.item() == pytest.approx(fusion_loss(logits, teachers).loss.item(), rel=1e-6)
 
 
 def test_combine_losses_default_lambda():
