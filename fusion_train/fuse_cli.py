@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, get_type_hints
 

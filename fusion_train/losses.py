@@ -23,7 +23,8 @@ the top-k (the *tail*, ``1 - sum(p_k)``) is chosen explicitly with ``tail``:
     ``log(1 - sum_k q(id_k))``. This makes ``kl`` a true KL divergence between the two
     distributions coarsened to ``top-k + 1`` classes (>= 0, 0 iff they agree there).
 
-``"exact"`` and ``"bucket"`` need the teacher's full log-sum-exp at the given temperature, which
+Top-k ids are assumed distinct within a position (``"bucket"`` sums the student's probability
+over them). ``"exact"`` and ``"bucket"`` need the teacher's full log-sum-exp at the given temperature, which
 the stores only hold at ``T = 1``; other temperatures are rejected for them.
 
 MinCE fusion (FuseLLM / FuseChat, "minimum cross-entropy"): among the teachers (the pivot's own
@@ -36,7 +37,7 @@ FuseChat trainer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

@@ -1,8 +1,6 @@
 """FusionTrainer and ``fusion-train fuse`` on a tiny random Llama with in-memory stores (CPU, fast)."""
 import json
-import os
 
-import numpy as np
 import pytest
 import torch
 
