@@ -16,6 +16,16 @@ V, K = 320, 8
 FP = "e" * 64
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # the tiny model gains nothing from threads; on a shared 2-core machine two threads
+    # oversubscribe and make these tests ~20x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _dataset(n=8, n_sources=1, seed=0):
     pivot = random_samples(n, V, K, seed=seed)
     sources = [remapped_like(pivot, V, K, seed=seed + 1 + i) for i in range(n_sources)]
@@ -121,6 +131,7 @@ def cli_env(tmp_path, monkeypatch):
         "mem://pivot": InMemoryReader(pivot, {"fingerprint": FP}),
         "mem://internlm2": InMemoryReader(remapped_like(pivot, V, K, seed=4), {"fingerprint": FP}),
         "mem://wrong-vocab": InMemoryReader(remapped_like(pivot, V, K, seed=5), {"fingerprint": "9" * 64}),
+        "mem://partial": InMemoryReader(remapped_like(pivot, V, K, seed=6)[:6], {"fingerprint": FP}),
     }
     monkeypatch.setattr(fuse_cli, "open_reader", lambda url: stores[url])
     return model_dir, tmp_path
@@ -168,6 +179,17 @@ def test_cli_rejects_teacher_in_wrong_vocabulary(cli_env, capsys):
     assert err.count("\n") == 0  # one line, raised before the weights load
     assert "wrong-vocab" in err and "pivot" in err and "9999" in err and "eeee" in err
     assert not (tmp / "o").exists() or not any((tmp / "o").iterdir())
+
+
+def test_cli_missing_samples_error_or_skip(cli_env, capsys):
+    model_dir, tmp = cli_env
+    args = _fuse_args(model_dir, tmp / "o", "--max-steps", "1", "--json")
+    args[args.index("mem://internlm2")] = "mem://partial"
+    assert main(args) == 2
+    assert "'s6'" in capsys.readouterr().err
+    assert main(args + ["--on-missing", "skip"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["samples"] == 6 and summary["skipped_samples"] == 2
 
 
 def test_cli_bad_options_and_help(cli_env, capsys):
