@@ -99,6 +99,8 @@ class FusionConfig(TrainingArguments):
             raise TokalignError("on_missing must be error or skip, got %r" % self.on_missing)
         if self.max_length is not None and self.max_length < 2:
             raise TokalignError("max_length must be >= 2, got %r" % self.max_length)
+        if self.label_smoothing_factor:
+            raise TokalignError("label_smoothing_factor is not supported by the fusion loss (got %r)" % self.label_smoothing_factor)
         if self.remove_unused_columns:
             logger.warning("remove_unused_columns=True would drop the teacher targets; using False")
             self.remove_unused_columns = False
