@@ -104,8 +104,8 @@ class StoreSchema:
     options: Dict[str, Any] = field(default_factory=dict)
     extras: Tuple[ExtraArray, ...] = ()
     ids_dtype: Optional[str] = None  # default: narrowest of int16 / int32 for vocab_size
-    chunk_tokens: int = 8192
-    shard_tokens: int = 262144
+    chunk_tokens: int = 32768
+    shard_tokens: int = 524288
     chunk_samples: int = 8192
     shard_samples: int = 131072
     compression_level: int = 5
