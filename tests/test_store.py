@@ -50,8 +50,9 @@ KILL_CHILD = GEN_SRC + r'''
 import sys
 from tokalign.store import StoreWriter
 url, n, per_batch, flush_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-w = StoreWriter.open(url, make_schema(), flush_tokens=flush_tokens)
-todo = w.remaining("doc-%04d" % i for i in range(n))
+part, num_parts = (int(sys.argv[5]), int(sys.argv[6])) if len(sys.argv) > 6 else (0, 1)
+w = StoreWriter.open(url, make_schema(), flush_tokens=flush_tokens, part=part, num_parts=num_parts)
+todo = w.remaining("doc-%04d" % i for i in range(part, n, num_parts))
 index = {("doc-%04d" % i): i for i in range(n)}
 for b in range(0, len(todo), per_batch):
     w.append([make_sample(index[s]) for s in todo[b:b + per_batch]])
@@ -206,10 +207,15 @@ def test_by_id_random_access(tmp_path):
 
 
 # -- resume -------------------------------------------------------------------------------------------------
-def _run_child(url, n, per_batch, flush_tokens, kill_after=None):
+def _start_child(url, n, per_batch, flush_tokens, part=0, num_parts=1):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, url, str(n), str(per_batch), str(flush_tokens)],
+    return subprocess.Popen([sys.executable, "-c", KILL_CHILD, url, str(n), str(per_batch), str(flush_tokens),
+                             str(part), str(num_parts)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _run_child(url, n, per_batch, flush_tokens, kill_after=None):
+    proc = _start_child(url, n, per_batch, flush_tokens)
     lines = []
     if kill_after is not None:
         for line in proc.stdout:
@@ -318,6 +324,20 @@ def test_multi_part_reads_as_one_store(kind, tmp_path):
     _assert_sample_equal(r.by_id("doc-0021"), samples[21])
     assert [s["sample_id"] for b in r.iter_batches(7) for s in b] == [s["sample_id"] for s in samples]
     assert all(len({s["sample_id"][:0] for s in b}) == 1 for b in r.iter_batches(7))
+
+
+def test_concurrent_rank_processes(tmp_path):
+    url = "file://" + str(tmp_path / "ranks.zarr")
+    n, ranks = 30, 3
+    procs = [_start_child(url, n, 4, 0, part=r, num_parts=ranks) for r in range(ranks)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "done" in out, err
+    r = open_store(url)
+    assert len(r) == n and r.complete and r.attrs["num_parts"] == ranks
+    assert r.sample_ids == ["doc-%04d" % i for p in range(ranks) for i in range(p, n, ranks)]
+    for i in range(n):
+        _assert_sample_equal(r.by_id("doc-%04d" % i), make_sample(i))
 
 
 def test_missing_or_open_part_is_incomplete():
@@ -488,9 +508,13 @@ def test_remapped_store_with_extras():
 def test_foreign_group_is_not_a_store(tmp_path):
     import zarr
 
-    zarr.open_group(str(tmp_path / "x.zarr"), mode="w")
+    g = zarr.open_group(str(tmp_path / "x.zarr"), mode="w")
+    g.create_array("data", shape=(3,), dtype="int8")
     with pytest.raises(TokalignError, match="not a tokalign logit store"):
         open_store(tmp_path / "x.zarr")
+    with pytest.raises(TokalignError, match="not a tokalign store; refusing"):
+        StoreWriter.create(tmp_path / "x.zarr", make_schema())
+    assert list(zarr.open_group(str(tmp_path / "x.zarr"), mode="r").keys()) == ["data"]
     with pytest.raises(TokalignError, match="no tokalign store"):
         open_store(tmp_path / "missing.zarr")
 

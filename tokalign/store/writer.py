@@ -12,7 +12,7 @@ import datetime as _dt
 import os
 import socket
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -135,6 +135,8 @@ class StoreWriter:
                                         "delete the store" % (url, diff))
                 root.update_attributes(wanted)
         else:
+            if list(root.keys()) or root.attrs.asdict():
+                raise TokalignError("%s is a Zarr group that is not a tokalign store; refusing to write into it" % url)
             root.update_attributes(wanted)
         if name in root:
             if not overwrite:
@@ -287,9 +289,8 @@ class StoreWriter:
                                             % (where, name, arr.shape[1], k))
                     raise TokalignError("%s: %s has shape %s, expected %s" % (where, name, arr.shape, want))
                 row[name] = arr
-            cols_keys = row
             for name in self._token_specs:
-                cols[name].append(cols_keys[name])
+                cols[name].append(row[name])
             ce = s.get("seq_ce")
             seq_ce.append(float("nan") if ce is None else float(_to_numpy(ce)))
             ids.append(sid)
@@ -328,8 +329,9 @@ class StoreWriter:
         tid = p["topk_ids"]
         if tid.size and (tid.min() < -1 or tid.max() >= vocab):
             bad = int(np.flatnonzero(((tid < -1) | (tid >= vocab)).any(axis=1))[0])
+            first = int(starts[np.searchsorted(starts, bad, side="right") - 1])
             raise TokalignError("sample %r: topk_ids holds an id outside [-1, vocab_size=%d) at position %d"
-                                % (sample_at(bad), vocab, bad - int(starts[np.searchsorted(starts, bad, side="right") - 1])))
+                                % (sample_at(bad), vocab, bad - first))
         mask = p["loss_mask"]
         if mask.dtype != np.bool_:
             if mask.size and not np.isin(mask, (0, 1)).all():
@@ -364,8 +366,8 @@ class StoreWriter:
         seq_ce = np.where(p["seq_ce_given"], p["seq_ce"], computed).astype(np.float32)
         nonfinite += (p["seq_ce_given"] & ~np.isfinite(p["seq_ce"])).astype(np.int32)
 
-        # -- duplicates and empty sequences: error or counted skip
-        keep = np.ones(len(ids), dtype=bool)
+        # -- duplicates and empty sequences: error or counted skip (counted only once nothing can raise)
+        dup = np.zeros(len(ids), dtype=bool)
         seen = set()
         for i, sid in enumerate(ids):
             if sid in self._ids or sid in seen:
@@ -373,17 +375,15 @@ class StoreWriter:
                     where = "already in %s" % part_name(self.part) if sid in self._ids else "twice in this batch"
                     raise TokalignError("duplicate sample_id %r (%s); pass on_duplicate='skip' to count and skip it"
                                         % (sid, where))
-                keep[i] = False
-                self._pending["skipped_duplicate"] += 1
-                continue
+                dup[i] = True
             seen.add(sid)
-        empty = lengths == 0
-        if empty.any():
-            if self.on_empty == "error":
-                raise TokalignError("sample %r is empty (0 tokens); pass on_empty='skip' to count and skip it"
-                                    % ids[int(np.flatnonzero(empty)[0])])
-            self._pending["skipped_empty"] += int((empty & keep).sum())
-            keep &= ~empty
+        empty = (lengths == 0) & ~dup
+        if empty.any() and self.on_empty == "error":
+            raise TokalignError("sample %r is empty (0 tokens); pass on_empty='skip' to count and skip it"
+                                % ids[int(np.flatnonzero(empty)[0])])
+        self._pending["skipped_duplicate"] += int(dup.sum())
+        self._pending["skipped_empty"] += int(empty.sum())
+        keep = ~(dup | empty)
         if not keep.all():
             tok_keep = np.repeat(keep, lengths)
             for name in self._token_specs:
