@@ -188,6 +188,11 @@ def test_iter_batches_whole_sequences_and_packed(tmp_path):
     for j, sid in enumerate(p["sample_id"]):
         a, b = p["offsets"][j], p["offsets"][j + 1]
         np.testing.assert_array_equal(p["topk_ids"][a:b], samples[3 + j]["topk_ids"])
+    few = next(r.iter_batches(5, fields=["topk_ids", "topk_logits"]))
+    assert set(few[0]) == {"sample_id", "topk_ids", "topk_logits", "seq_ce", "valid"}
+    np.testing.assert_array_equal(few[4]["topk_ids"], samples[4]["topk_ids"])
+    with pytest.raises(TokalignError, match="unknown token field"):
+        next(r.iter_batches(5, fields=["logits"]))
     torch = pytest.importorskip("torch")
     tb = next(r.iter_batches(4, packed=True, output="torch"))
     assert isinstance(tb["topk_logits"], torch.Tensor) and tb["offsets"][-1] == tb["input_ids"].shape[0]

@@ -185,16 +185,22 @@ class StoreReader:
 
     def iter_batches(self, batch_size: int = 256, *, max_tokens: Optional[int] = None, start: int = 0,
                      stop: Optional[int] = None, packed: bool = False, only_valid: bool = False,
-                     output: Optional[str] = None) -> Iterator[Any]:
+                     fields: Optional[Sequence[str]] = None, output: Optional[str] = None) -> Iterator[Any]:
         """Batches of whole sequences in store order.
 
         A batch has at most ``batch_size`` samples and, with ``max_tokens``, at most that many tokens (a
         longer single sequence still forms its own batch); batches never span parts. Yields a list of sample
         dicts, or with ``packed=True`` one dict of concatenated token arrays plus ``offsets`` [B+1],
         ``sample_id`` list, ``seq_ce`` / ``valid`` [B]. ``only_valid`` drops samples with NaN/Inf values.
+        ``fields`` limits the token arrays read (e.g. ``["topk_ids", "topk_logits", "logsumexp"]``).
         """
         if batch_size <= 0:
             raise TokalignError("batch_size must be positive")
+        names = self._token_names if fields is None else list(fields)
+        unknown = [f for f in names if f not in self._token_names]
+        if unknown:
+            raise TokalignError("unknown token field(s) %s; this store has %s" % (", ".join(unknown),
+                                                                                ", ".join(self._token_names)))
         n = len(self)
         stop = n if stop is None else min(int(stop), n)
         i = int(start)
@@ -206,7 +212,7 @@ class StoreReader:
                 k = int(np.searchsorted(part.offsets, limit, side="right") - 1)
                 j_end = max(j + 1, min(j_end, k))
             lo, hi = int(part.offsets[j]), int(part.offsets[j_end])
-            tokens = self._read_tokens(part, lo, hi)
+            tokens = self._read_tokens(part, lo, hi, names)
             keep = np.arange(j, j_end)
             if only_valid:
                 keep = keep[part.valid[j:j_end]]
@@ -223,10 +229,11 @@ class StoreReader:
         p = self.parts[part] if isinstance(part, int) else {q.name: q for q in self.parts}[part]
         return self._read_tokens(p, int(start), int(stop))
 
-    def _read_tokens(self, part: _Part, lo: int, hi: int) -> Dict[str, np.ndarray]:
-        raws = _read_many([part.arrays[name] for name in self._token_names], lo, hi)
+    def _read_tokens(self, part: _Part, lo: int, hi: int, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        names = self._token_names if names is None else names
+        raws = _read_many([part.arrays[name] for name in names], lo, hi)
         out: Dict[str, np.ndarray] = {}
-        for name, raw in zip(self._token_names, raws):
+        for name, raw in zip(names, raws):
             if name == "topk_logits":
                 raw = bf16_bits_to_float32(raw) if self.schema.logits_dtype == "bfloat16" else raw.astype(np.float32)
             elif name == "topk_ids" and raw.dtype != np.int32:
@@ -236,8 +243,8 @@ class StoreReader:
 
     def _make_sample(self, part: _Part, j: int, tokens: Dict[str, np.ndarray], a: int, b: int) -> Dict[str, Any]:
         s = {"sample_id": part.sample_ids[j]}
-        for name in self._token_names:
-            s[name] = tokens[name][a:b]
+        for name, values in tokens.items():
+            s[name] = values[a:b]
         s["seq_ce"] = np.float32(part.seq_ce[j])
         s["valid"] = bool(part.valid[j])
         return s
