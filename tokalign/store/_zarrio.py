@@ -44,7 +44,11 @@ def open_root(url: StoreURL, *, mode: str, storage_options: Optional[Dict[str, A
     """Open the root group (``mode`` 'r', 'r+' or 'a'); a missing store is a TokalignError naming the URL."""
     store = make_store(url, read_only=(mode == "r"), storage_options=storage_options)
     try:
-        return zarr.open_group(store, mode=mode)
+        try:
+            return zarr.open_group(store, mode=mode)
+        except zarr.errors.ContainsGroupError:
+            # mode "a": another rank created the root between zarr's existence check and its create
+            return zarr.open_group(store, mode="r+")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.NodeTypeValidationError,
             zarr.errors.ContainsArrayError) as exc:
         raise TokalignError("no tokalign store at %s (%s)" % (url, exc)) from None

@@ -20,6 +20,7 @@ from ..errors import TokalignError
 from . import _zarrio
 from .schema import (
     CHECKED_FLOAT_ARRAYS,
+    PART_RE,
     StoreSchema,
     bf16_bits_nonfinite,
     describe_difference,
@@ -123,6 +124,14 @@ class StoreWriter:
         root = _zarrio.open_root(url, mode="a", storage_options=storage_options)
         wanted = dict(schema.to_attrs(), num_parts=int(num_parts))
         name = part_name(part)
+        if "format" not in root.attrs:
+            foreign = [k for k in root.keys() if not PART_RE.match(k)]
+            if foreign or (root.attrs.asdict() and "format" not in root.attrs):
+                raise TokalignError("%s is a Zarr group that is not a tokalign store; refusing to write into it" % url)
+            # re-read: a rank starting at the same time may have written the schema since we opened the root
+            root = _zarrio.open_root(url, mode="r+", storage_options=storage_options)
+            if "format" not in root.attrs:
+                root.update_attributes(wanted)
         if "format" in root.attrs:
             have = StoreSchema.from_attrs(root.attrs.asdict(), where=str(url))
             same = have.identity() == schema.identity() and int(root.attrs.get("num_parts", -1)) == int(num_parts)
@@ -134,10 +143,6 @@ class StoreWriter:
                     raise TokalignError("store %s was created with a different schema (%s); use another URL or "
                                         "delete the store" % (url, diff))
                 root.update_attributes(wanted)
-        else:
-            if list(root.keys()) or root.attrs.asdict():
-                raise TokalignError("%s is a Zarr group that is not a tokalign store; refusing to write into it" % url)
-            root.update_attributes(wanted)
         if name in root:
             if not overwrite:
                 state = "complete" if root[name].attrs.get("complete") else "incomplete"
