@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -51,6 +52,10 @@ import sys
 from tokalign.store import StoreWriter
 url, n, per_batch, flush_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 part, num_parts = (int(sys.argv[5]), int(sys.argv[6])) if len(sys.argv) > 6 else (0, 1)
+if len(sys.argv) > 7:  # start barrier: all ranks create the store at the same instant
+    import time
+    while time.time() < float(sys.argv[7]):
+        pass
 w = StoreWriter.open(url, make_schema(), flush_tokens=flush_tokens, part=part, num_parts=num_parts)
 todo = w.remaining("doc-%04d" % i for i in range(part, n, num_parts))
 index = {("doc-%04d" % i): i for i in range(n)}
@@ -212,10 +217,10 @@ def test_by_id_random_access(tmp_path):
 
 
 # -- resume -------------------------------------------------------------------------------------------------
-def _start_child(url, n, per_batch, flush_tokens, part=0, num_parts=1):
+def _start_child(url, n, per_batch, flush_tokens, part=0, num_parts=1, start_at=0.0):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-c", KILL_CHILD, url, str(n), str(per_batch), str(flush_tokens),
-                             str(part), str(num_parts)],
+                             str(part), str(num_parts), str(start_at)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -334,7 +339,8 @@ def test_multi_part_reads_as_one_store(kind, tmp_path):
 def test_concurrent_rank_processes(tmp_path):
     url = "file://" + str(tmp_path / "ranks.zarr")
     n, ranks = 30, 3
-    procs = [_start_child(url, n, 4, 0, part=r, num_parts=ranks) for r in range(ranks)]
+    start_at = time.time() + 3.0  # ranks race to create the root (zarr's exists-check/create window)
+    procs = [_start_child(url, n, 4, 0, part=r, num_parts=ranks, start_at=start_at) for r in range(ranks)]
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "done" in out, err
