@@ -417,6 +417,7 @@ def test_bad_batches_are_rejected_without_corrupting():
         ({k: v for k, v in make_sample(15).items() if k != "logsumexp"}, "field logsumexp is missing"),
         (dict(make_sample(16), sample_id=None), "sample_id must be"),
         (dict(make_sample(17), topk_logits=np.zeros((len(make_sample(17)["input_ids"]), K), np.int64)), "floating"),
+        (dict(make_sample(18), topk_ids=make_sample(18)["topk_ids"] + 0.5), "topk_ids must be integer"),
     ]
     for bad, msg in cases:
         with pytest.raises(TokalignError, match=msg):
@@ -512,6 +513,9 @@ def test_remapped_store_with_extras():
         np.testing.assert_array_equal(got["group_kind"], s["group_kind"])
         np.testing.assert_array_equal(got["retained_mass"], s["retained_mass"])
         assert got["group_kind"].dtype == np.uint8
+    bad = dict(samples[0], sample_id="x", group_kind=np.full(len(samples[0]["input_ids"]), 300))
+    with pytest.raises(TokalignError, match="group_kind holds values outside uint8"):
+        StoreWriter.create(_mem_url(), schema).append([bad])
     with pytest.raises(TokalignError, match="group_kind is missing"):
         StoreWriter.create(_mem_url(), schema).append([make_sample(0)])
 

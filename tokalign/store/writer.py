@@ -293,6 +293,16 @@ class StoreWriter:
                         raise TokalignError("%s: %s has K=%d per position, the store has k=%d"
                                             % (where, name, arr.shape[1], k))
                     raise TokalignError("%s: %s has shape %s, expected %s" % (where, name, arr.shape, want))
+                target = np.dtype(dtype)
+                if name != "topk_logits" and arr.size:
+                    if target.kind in "iu" and name != "topk_ids" and arr.dtype.kind in "iu":
+                        info = np.iinfo(target)  # extras: refuse values the declared dtype would wrap
+                        if arr.min() < info.min or arr.max() > info.max:
+                            raise TokalignError("%s: %s holds values outside %s" % (where, name, target.name))
+                    if target.kind in "iub" and arr.dtype.kind not in "iub":
+                        raise TokalignError("%s: %s must be integer/boolean, got dtype %s" % (where, name, arr.dtype))
+                    if target.kind == "f" and arr.dtype.kind not in "iuf":
+                        raise TokalignError("%s: %s must be numeric, got dtype %s" % (where, name, arr.dtype))
                 row[name] = arr
             for name in self._token_specs:
                 cols[name].append(row[name])
