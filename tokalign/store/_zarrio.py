@@ -1,0 +1,90 @@
+"""URL -> Zarr store, array creation and small sync helpers shared by the writer, the reader and inspect."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import zarr
+import zarr.codecs
+from zarr.storage import FsspecStore, LocalStore
+
+from ..errors import TokalignError
+
+StoreURL = Union[str, Path]
+
+
+def _local_path(url: StoreURL) -> Optional[Path]:
+    """Local filesystem path for plain paths and ``file://`` URLs, else None."""
+    if isinstance(url, Path):
+        return url
+    if url.startswith("file://"):
+        return Path(url[len("file://"):])
+    if "://" not in url:
+        return Path(url)
+    return None
+
+
+def make_store(url: StoreURL, *, read_only: bool, storage_options: Optional[Dict[str, Any]] = None):
+    """A Zarr store for any fsspec URL.
+
+    Local paths and ``file://`` URLs use zarr's LocalStore because it writes every object to a temp file and
+    renames it into place: a killed writer never leaves a torn chunk or metadata file behind (the resume
+    protocol relies on that). Other schemes (``memory://``, ``s3://``, ``gs://``...) go through FsspecStore;
+    object stores replace whole objects atomically as well.
+    """
+    path = _local_path(url)
+    if path is not None:
+        if storage_options:
+            raise TokalignError("storage_options given for a local store %s" % url)
+        return LocalStore(path.expanduser(), read_only=read_only)
+    return FsspecStore.from_url(str(url), storage_options=storage_options, read_only=read_only)
+
+
+def open_root(url: StoreURL, *, mode: str, storage_options: Optional[Dict[str, Any]] = None) -> zarr.Group:
+    """Open the root group (``mode`` 'r', 'r+' or 'a'); a missing store is a TokalignError naming the URL."""
+    store = make_store(url, read_only=(mode == "r"), storage_options=storage_options)
+    try:
+        try:
+            return zarr.open_group(store, mode=mode)
+        except zarr.errors.ContainsGroupError:
+            # mode "a": another rank created the root between zarr's existence check and its create
+            return zarr.open_group(store, mode="r+")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.NodeTypeValidationError,
+            zarr.errors.ContainsArrayError) as exc:
+        raise TokalignError("no tokalign store at %s (%s)" % (url, exc)) from None
+
+
+def exists(url: StoreURL, storage_options: Optional[Dict[str, Any]] = None) -> bool:
+    """True when a Zarr group exists at ``url``."""
+    try:
+        open_root(url, mode="r", storage_options=storage_options)
+        return True
+    except TokalignError:
+        return False
+
+
+def compressor(clevel: int, dtype: str):
+    """Blosc/zstd with byte shuffle: separates the high and low bytes of ids and 16-bit logits."""
+    shuffle = "noshuffle" if dtype in ("bool", "uint8", "int8", "str") else "shuffle"
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=int(clevel), shuffle=shuffle)
+
+
+def create_array(group: zarr.Group, name: str, dtype: str, tail: Tuple[int, ...], length: int,
+                 chunk: int, shard: int, clevel: int) -> zarr.Array:
+    """A growable array chunked (and sharded) along its first axis."""
+    shape = (int(length),) + tuple(tail)
+    chunks = (int(chunk),) + tuple(tail)
+    shards = (int(shard),) + tuple(tail)
+    if dtype == "str":
+        return group.create_array(name, shape=shape, dtype=str, chunks=chunks, shards=shards,
+                                  compressors=zarr.codecs.ZstdCodec(level=int(clevel)), fill_value="")
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+                              compressors=compressor(clevel, dtype), fill_value=0)
+
+
+def stored_bytes(group: zarr.Group) -> int:
+    """Bytes of every object under ``group`` (chunks, shards and metadata)."""
+    from zarr.core.sync import sync
+
+    prefix = group.path + "/" if group.path else ""
+    return int(sync(group.store.getsize_prefix(prefix)))

@@ -1,0 +1,529 @@
+"""Append-only, resumable writer of one part of a tokalign logit store.
+
+Resume protocol (docs/store.md): every flush (1) grows each array and writes the new rows, then (2) writes the
+part attribute ``committed = {"samples": S, "tokens": T, ...}``. Step (2) is the commit point: a killed writer
+leaves at most rows beyond the committed counts, which :meth:`StoreWriter.resume` cuts off before appending
+again. Every object is replaced atomically by the store (temp file + rename locally, whole-object PUT on object
+stores), so rows that were committed before a kill are never torn.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import TokalignError
+from . import _zarrio
+from .schema import (
+    CHECKED_FLOAT_ARRAYS,
+    PART_RE,
+    StoreSchema,
+    bf16_bits_nonfinite,
+    describe_difference,
+    float32_to_bf16_bits,
+    part_name,
+)
+
+# keys a sample dict may carry besides the token arrays; reader-only fields are accepted and ignored
+_READER_ONLY = ("valid", "nonfinite", "index", "part")
+_POLICIES = ("error", "skip")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """numpy view of numpy/torch/list input; torch bfloat16 comes back as float32 (exact)."""
+    if _is_torch(x):
+        import torch
+
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _logits_to_stored(x: Any, logits_dtype: str) -> np.ndarray:
+    """Convert top-k logits to the stored representation (bf16 -> raw uint16 patterns)."""
+    if _is_torch(x):
+        import torch
+
+        t = x.detach().cpu()
+        if logits_dtype == "bfloat16":
+            if t.dtype != torch.bfloat16:
+                t = t.float().to(torch.bfloat16)  # torch rounds to nearest even, like float32_to_bf16_bits
+            return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+        return t.float().numpy().astype(logits_dtype)
+    a = np.asarray(x)
+    if a.dtype.name == "bfloat16":  # ml_dtypes arrays: already bf16 bit patterns
+        a = a.view(np.uint16)
+        return a if logits_dtype == "bfloat16" else (a.astype(np.uint32) << 16).view(np.float32).astype(logits_dtype)
+    if a.dtype.kind != "f":
+        raise TokalignError("topk_logits must be floating point, got dtype %s" % a.dtype)
+    if logits_dtype == "bfloat16":
+        return float32_to_bf16_bits(a.astype(np.float32, copy=False))
+    return a.astype(logits_dtype)
+
+
+class StoreWriter:
+    """Writes samples to one part (``part-NNNNN``) of a store; see :meth:`create`, :meth:`resume`, :meth:`open`.
+
+    Use as a context manager or call :meth:`close` to mark the part complete. Batches are buffered and
+    flushed (and committed) whenever ``flush_tokens`` tokens are pending (``flush_tokens=0``: every batch).
+    """
+
+    def __init__(self, url: Union[str, Path], schema: StoreSchema, root, group, *, part: int,
+                 flush_tokens: int = 65536, on_duplicate: str = "error", on_empty: str = "skip") -> None:
+        if on_duplicate not in _POLICIES or on_empty not in _POLICIES:
+            raise TokalignError("on_duplicate / on_empty must be one of %s" % ", ".join(_POLICIES))
+        self.url = str(url)
+        self.schema = schema
+        self.part = int(part)
+        self.flush_tokens = int(flush_tokens)
+        self.on_duplicate = on_duplicate
+        self.on_empty = on_empty
+        self._root = root
+        self._group = group
+        self._token_specs = schema.token_array_specs()
+        self._sample_specs = schema.sample_array_specs()
+        self._arrays = {name: group[name] for name in list(self._token_specs) + list(self._sample_specs)}
+        committed = dict(group.attrs.get("committed") or {})
+        self._committed: Dict[str, int] = {key: int(committed.get(key, 0)) for key in
+                                           ("samples", "tokens", "skipped_empty", "skipped_duplicate",
+                                            "invalid_samples", "nonfinite_values")}
+        self._ids: set = set()
+        self._buffer: List[Dict[str, Any]] = []
+        self._buffered_tokens = 0
+        self._pending = dict.fromkeys(("skipped_empty", "skipped_duplicate"), 0)
+        self._closed = False
+        self.truncated_tokens = 0
+        self.truncated_samples = 0
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, url: Union[str, Path], schema: StoreSchema, *, part: int = 0, num_parts: int = 1,
+               overwrite: bool = False, storage_options: Optional[Dict[str, Any]] = None,
+               **options: Any) -> "StoreWriter":
+        """Start part ``part`` of ``num_parts`` of a new (or partly written, multi-rank) store at ``url``.
+
+        Ranks call this concurrently with the same schema; each writes only its own part. An existing part is
+        an error unless ``overwrite=True`` (which deletes that part only).
+        """
+        if not 0 <= int(part) < int(num_parts):
+            raise TokalignError("part %d is outside [0, num_parts=%d)" % (part, num_parts))
+        root = _zarrio.open_root(url, mode="a", storage_options=storage_options)
+        wanted = dict(schema.to_attrs(), num_parts=int(num_parts))
+        name = part_name(part)
+        if "format" not in root.attrs:
+            foreign = [k for k in root.keys() if not PART_RE.match(k)]
+            if foreign or (root.attrs.asdict() and "format" not in root.attrs):
+                raise TokalignError("%s is a Zarr group that is not a tokalign store; refusing to write into it" % url)
+            # re-read: a rank starting at the same time may have written the schema since we opened the root
+            root = _zarrio.open_root(url, mode="r+", storage_options=storage_options)
+            if "format" not in root.attrs:
+                root.update_attributes(wanted)
+        if "format" in root.attrs:
+            have = StoreSchema.from_attrs(root.attrs.asdict(), where=str(url))
+            same = have.identity() == schema.identity() and int(root.attrs.get("num_parts", -1)) == int(num_parts)
+            if not same:
+                others = [k for k in root.group_keys() if k != name]
+                if not (overwrite and not others):
+                    diff = describe_difference(dict(have.identity(), num_parts=root.attrs.get("num_parts")),
+                                               dict(schema.identity(), num_parts=int(num_parts)))
+                    raise TokalignError("store %s was created with a different schema (%s); use another URL or "
+                                        "delete the store" % (url, diff))
+                root.update_attributes(wanted)
+        if name in root:
+            if not overwrite:
+                state = "complete" if root[name].attrs.get("complete") else "incomplete"
+                raise TokalignError("store %s already has %s (%s): resume it (StoreWriter.resume / --resume) or pass "
+                                    "overwrite=True" % (url, name, state))
+            del root[name]
+        group = root.create_group(name, attributes={
+            "part": int(part), "complete": False, "created_at": _now(), "updated_at": _now(),
+            "writer": {"host": socket.gethostname(), "pid": os.getpid()},
+            "committed": {"samples": 0, "tokens": 0},
+        })
+        for arr_name, (dtype, tail) in schema.token_array_specs().items():
+            _zarrio.create_array(group, arr_name, dtype, tail, 0, schema.chunk_tokens, schema.shard_tokens,
+                                 schema.compression_level)
+        for arr_name, (dtype, tail) in schema.sample_array_specs().items():
+            _zarrio.create_array(group, arr_name, dtype, tail, 1 if arr_name == "offsets" else 0,
+                                 schema.chunk_samples, schema.shard_samples, schema.compression_level)
+        group["offsets"][0:1] = np.zeros(1, dtype=np.int64)
+        return cls(url, schema, root, group, part=part, **options)
+
+    @classmethod
+    def resume(cls, url: Union[str, Path], *, part: int = 0, schema: Optional[StoreSchema] = None,
+               storage_options: Optional[Dict[str, Any]] = None, **options: Any) -> "StoreWriter":
+        """Reopen an interrupted part: cut rows beyond the last commit and continue after it.
+
+        ``schema`` (recommended) must equal the stored one. ``writer.remaining(all_ids)`` then lists the
+        samples still to write, in their original order.
+        """
+        root = _zarrio.open_root(url, mode="r+", storage_options=storage_options)
+        have = StoreSchema.from_attrs(root.attrs.asdict(), where=str(url))
+        if schema is not None and have.identity() != schema.identity():
+            raise TokalignError("cannot resume %s: its schema differs (%s)"
+                                % (url, describe_difference(have.identity(), schema.identity())))
+        name = part_name(part)
+        if name not in root:
+            raise TokalignError("cannot resume %s: it has no %s (start it with StoreWriter.create)" % (url, name))
+        group = root[name]
+        if group.attrs.get("complete"):
+            raise TokalignError("cannot resume %s/%s: it is already complete (nothing to do; pass overwrite=True "
+                                "to StoreWriter.create to rewrite it)" % (url, name))
+        writer = cls(url, have, root, group, part=part, **options)
+        writer._truncate_to_commit()
+        writer._ids = set(writer._read_ids(writer.committed_samples))
+        group.update_attributes({"updated_at": _now(), "writer": {"host": socket.gethostname(), "pid": os.getpid()},
+                                 "resumed": int(group.attrs.get("resumed", 0)) + 1})
+        return writer
+
+    @classmethod
+    def open(cls, url: Union[str, Path], schema: StoreSchema, *, part: int = 0, num_parts: int = 1,
+             resume: bool = True, overwrite: bool = False, storage_options: Optional[Dict[str, Any]] = None,
+             **options: Any) -> "StoreWriter":
+        """:meth:`resume` the part when it exists (and ``resume``), else :meth:`create` it."""
+        if resume and not overwrite and _zarrio.exists(url, storage_options):
+            root = _zarrio.open_root(url, mode="r", storage_options=storage_options)
+            if part_name(part) in root:
+                return cls.resume(url, part=part, schema=schema, storage_options=storage_options, **options)
+        return cls.create(url, schema, part=part, num_parts=num_parts, overwrite=overwrite,
+                          storage_options=storage_options, **options)
+
+    # -- state ------------------------------------------------------------------------------------------
+    @property
+    def committed_samples(self) -> int:
+        """Samples durably written (survive a kill)."""
+        return self._committed["samples"]
+
+    @property
+    def committed_tokens(self) -> int:
+        return self._committed["tokens"]
+
+    @property
+    def committed_ids(self) -> frozenset:
+        """Ids written or buffered in this part (a resumed writer starts with the committed ones)."""
+        return frozenset(self._ids)
+
+    def remaining(self, sample_ids: Iterable[Any]) -> List[str]:
+        """The ids of ``sample_ids`` not yet in this part, in the given order (what a resumed job still owes)."""
+        return [s for s in (str(x) for x in sample_ids) if s not in self._ids]
+
+    @property
+    def stats(self) -> Dict[str, int]:
+        """Committed counts plus what is buffered: samples, tokens, skips, invalid samples, non-finite values."""
+        out = dict(self._committed)
+        out["buffered_samples"] = sum(len(b["sample_id"]) for b in self._buffer)
+        out["buffered_tokens"] = self._buffered_tokens
+        for key, value in self._pending.items():
+            out[key] += value
+        return out
+
+    def resume_report(self) -> str:
+        return ("%s/%s: %d samples / %d tokens committed%s" %
+                (self.url, part_name(self.part), self.committed_samples, self.committed_tokens,
+                 "; cut %d uncommitted tokens, %d samples" % (self.truncated_tokens, self.truncated_samples)
+                 if self.truncated_tokens or self.truncated_samples else ""))
+
+    # -- appending ----------------------------------------------------------------------------------
+    def append(self, samples: Iterable[Mapping[str, Any]]) -> int:
+        """Validate and buffer a batch of sample dicts (the reader's contract; numpy or torch values).
+
+        Required keys: ``sample_id``, ``input_ids`` [L], ``loss_mask`` [L], ``topk_ids`` [L, K],
+        ``topk_logits`` [L, K], ``token_ce`` [L], ``logsumexp`` [L] (optional for remapped stores: 0), each
+        declared extra; optional ``seq_ce`` (computed from token_ce and loss_mask when absent). The whole
+        batch is rejected (TokalignError naming the sample and field) before anything is buffered.
+        Returns the number of samples accepted (skips are counted in :attr:`stats`).
+        """
+        self._check_open()
+        samples = list(samples)
+        if not samples:
+            return 0
+        packed = self._pack(samples)
+        return self._append_packed(packed)
+
+    def _pack(self, samples: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+        k = int(self.schema.k)
+        known = set(self._token_specs) | {"sample_id", "seq_ce"} | set(_READER_ONLY)
+        cols: Dict[str, List[np.ndarray]] = {name: [] for name in self._token_specs}
+        ids: List[str] = []
+        seq_ce: List[float] = []
+        lengths: List[int] = []
+        for i, s in enumerate(samples):
+            if not isinstance(s, Mapping):
+                raise TokalignError("sample %d of the batch is a %s, not a dict" % (i, type(s).__name__))
+            sid = s.get("sample_id")
+            if isinstance(sid, (np.integer, int)) and not isinstance(sid, bool):
+                sid = str(int(sid))
+            if not isinstance(sid, str) or not sid:
+                raise TokalignError("sample %d of the batch: sample_id must be a non-empty str, got %r" % (i, sid))
+            where = "sample %r" % sid
+            unknown = set(s) - known
+            if unknown:
+                raise TokalignError("%s: unknown field(s) %s" % (where, ", ".join(sorted(unknown))))
+            input_ids = _to_numpy(self._require(s, "input_ids", where))
+            if input_ids.ndim != 1 or (input_ids.size and input_ids.dtype.kind not in "iu"):
+                raise TokalignError("%s: input_ids must be a 1-D integer array, got shape %s dtype %s"
+                                    % (where, input_ids.shape, input_ids.dtype))
+            n = int(input_ids.shape[0])
+            row: Dict[str, np.ndarray] = {"input_ids": input_ids}
+            for name, (dtype, tail) in self._token_specs.items():
+                if name == "input_ids":
+                    continue
+                if name == "logsumexp" and self.schema.kind == "remapped" and s.get(name) is None:
+                    row[name] = np.zeros(n, dtype=np.float32)
+                    continue
+                value = self._require(s, name, where)
+                arr = _logits_to_stored(value, self.schema.logits_dtype) if name == "topk_logits" else _to_numpy(value)
+                want = (n,) + tuple(tail)
+                if arr.shape != want:
+                    if name in ("topk_ids", "topk_logits") and arr.ndim == 2 and arr.shape[0] == n:
+                        raise TokalignError("%s: %s has K=%d per position, the store has k=%d"
+                                            % (where, name, arr.shape[1], k))
+                    raise TokalignError("%s: %s has shape %s, expected %s" % (where, name, arr.shape, want))
+                target = np.dtype(dtype)
+                if name != "topk_logits" and arr.size:
+                    if target.kind in "iu" and name != "topk_ids" and arr.dtype.kind in "iu":
+                        info = np.iinfo(target)  # extras: refuse values the declared dtype would wrap
+                        if arr.min() < info.min or arr.max() > info.max:
+                            raise TokalignError("%s: %s holds values outside %s" % (where, name, target.name))
+                    if target.kind in "iub" and arr.dtype.kind not in "iub":
+                        raise TokalignError("%s: %s must be integer/boolean, got dtype %s" % (where, name, arr.dtype))
+                    if target.kind == "f" and arr.dtype.kind not in "iuf":
+                        raise TokalignError("%s: %s must be numeric, got dtype %s" % (where, name, arr.dtype))
+                row[name] = arr
+            for name in self._token_specs:
+                cols[name].append(row[name])
+            ce = s.get("seq_ce")
+            seq_ce.append(float("nan") if ce is None else float(_to_numpy(ce)))
+            ids.append(sid)
+            lengths.append(n)
+        packed: Dict[str, Any] = {"sample_id": ids, "lengths": np.asarray(lengths, dtype=np.int64),
+                                  "seq_ce_given": np.asarray([s.get("seq_ce") is not None for s in samples]),
+                                  "seq_ce": np.asarray(seq_ce, dtype=np.float32)}
+        for name, (dtype, tail) in self._token_specs.items():
+            parts = cols[name]
+            packed[name] = np.concatenate(parts) if parts else np.zeros((0,) + tuple(tail), dtype=dtype)
+        return packed
+
+    @staticmethod
+    def _require(s: Mapping[str, Any], name: str, where: str) -> Any:
+        if s.get(name) is None:
+            raise TokalignError("%s: field %s is missing" % (where, name))
+        return s[name]
+
+    def _append_packed(self, p: Dict[str, Any]) -> int:
+        schema = self.schema
+        lengths = p["lengths"]
+        ids = p["sample_id"]
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        total = int(starts[-1])
+
+        def sample_at(token_index: int) -> str:
+            return ids[int(np.searchsorted(starts, token_index, side="right") - 1)]
+
+        # -- value checks on the whole batch first: nothing is buffered if one sample is bad
+        vocab = int(schema.vocab_size)
+        inp = p["input_ids"]
+        if inp.size and (inp.min() < 0 or inp.max() >= vocab):
+            bad = int(np.flatnonzero((inp < 0) | (inp >= vocab))[0])
+            raise TokalignError("sample %r: input_ids holds %d, outside [0, vocab_size=%d)"
+                                % (sample_at(bad), int(inp[bad]), vocab))
+        tid = p["topk_ids"]
+        if tid.size and (tid.min() < -1 or tid.max() >= vocab):
+            bad = int(np.flatnonzero(((tid < -1) | (tid >= vocab)).any(axis=1))[0])
+            first = int(starts[np.searchsorted(starts, bad, side="right") - 1])
+            raise TokalignError("sample %r: topk_ids holds an id outside [-1, vocab_size=%d) at position %d"
+                                % (sample_at(bad), vocab, bad - first))
+        mask = p["loss_mask"]
+        if mask.dtype != np.bool_:
+            if mask.size and not np.isin(mask, (0, 1)).all():
+                raise TokalignError("sample %r: loss_mask must be boolean (0/1)" % sample_at(int(np.flatnonzero(~np.isin(mask, (0, 1)))[0])))
+            p["loss_mask"] = mask.astype(np.bool_)
+
+        # -- per-token non-finite counts (topk_logits only at valid slots) -> per sample
+        bad_tok = np.zeros(total, dtype=np.int64)
+        for name, (dtype, tail) in self._token_specs.items():
+            arr = p[name]
+            if name == "topk_logits":
+                nf = bf16_bits_nonfinite(arr) if schema.logits_dtype == "bfloat16" else ~np.isfinite(arr)
+                bad_tok += (nf & (p["topk_ids"] >= 0)).sum(axis=1)
+            elif name in CHECKED_FLOAT_ARRAYS or np.dtype(dtype).kind == "f":
+                nf = ~np.isfinite(arr.astype(dtype, copy=False))
+                bad_tok += nf.reshape(total, -1).sum(axis=1) if nf.ndim > 1 else nf
+        csum = np.concatenate([[0], np.cumsum(bad_tok)])
+        nonfinite = (csum[starts[1:]] - csum[starts[:-1]]).astype(np.int32)
+
+        # -- seq_ce = mean token_ce over positions whose next token is in the loss mask
+        target = np.zeros(total, dtype=bool)
+        if total > 1:
+            target[:-1] = p["loss_mask"][1:]
+        ends = starts[1:][lengths > 0] - 1
+        target[ends] = False
+        ce = np.where(target, p["token_ce"].astype(np.float64), 0.0)
+        ce_sum = np.concatenate([[0.0], np.cumsum(ce)])
+        cnt = np.concatenate([[0], np.cumsum(target)])
+        n_target = cnt[starts[1:]] - cnt[starts[:-1]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            computed = ((ce_sum[starts[1:]] - ce_sum[starts[:-1]]) / n_target).astype(np.float32)
+        seq_ce = np.where(p["seq_ce_given"], p["seq_ce"], computed).astype(np.float32)
+        nonfinite += (p["seq_ce_given"] & ~np.isfinite(p["seq_ce"])).astype(np.int32)
+
+        # -- duplicates and empty sequences: error or counted skip (counted only once nothing can raise)
+        dup = np.zeros(len(ids), dtype=bool)
+        seen = set()
+        for i, sid in enumerate(ids):
+            if sid in self._ids or sid in seen:
+                if self.on_duplicate == "error":
+                    where = "already in %s" % part_name(self.part) if sid in self._ids else "twice in this batch"
+                    raise TokalignError("duplicate sample_id %r (%s); pass on_duplicate='skip' to count and skip it"
+                                        % (sid, where))
+                dup[i] = True
+            seen.add(sid)
+        empty = (lengths == 0) & ~dup
+        if empty.any() and self.on_empty == "error":
+            raise TokalignError("sample %r is empty (0 tokens); pass on_empty='skip' to count and skip it"
+                                % ids[int(np.flatnonzero(empty)[0])])
+        self._pending["skipped_duplicate"] += int(dup.sum())
+        self._pending["skipped_empty"] += int(empty.sum())
+        keep = ~(dup | empty)
+        if not keep.all():
+            tok_keep = np.repeat(keep, lengths)
+            for name in self._token_specs:
+                p[name] = p[name][tok_keep]
+            ids = [sid for sid, k in zip(ids, keep) if k]
+            lengths, seq_ce, nonfinite = lengths[keep], seq_ce[keep], nonfinite[keep]
+        if not ids:
+            return 0
+
+        batch = {name: np.ascontiguousarray(p[name], dtype=dtype) for name, (dtype, _) in self._token_specs.items()}
+        batch.update(sample_id=ids, lengths=lengths, seq_ce=seq_ce, nonfinite=nonfinite, valid=nonfinite == 0)
+        self._buffer.append(batch)
+        self._ids.update(ids)
+        self._buffered_tokens += int(lengths.sum())
+        if self._buffered_tokens >= self.flush_tokens:
+            self.flush()
+        return len(ids)
+
+    # -- flushing and closing ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write buffered samples and commit them (the commit attribute is written last)."""
+        if not self._buffer:
+            return
+        buf = self._buffer
+        s0, t0 = self.committed_samples, self.committed_tokens
+        lengths = np.concatenate([b["lengths"] for b in buf])
+        s1, t1 = s0 + len(lengths), t0 + int(lengths.sum())
+        for name, (dtype, tail) in self._token_specs.items():
+            arr = self._arrays[name]
+            arr.resize((t1,) + tuple(tail))
+            arr[t0:t1] = np.concatenate([b[name] for b in buf])
+        sample_cols = {
+            "offsets": t0 + np.cumsum(lengths),
+            "sample_id": np.asarray([sid for b in buf for sid in b["sample_id"]], dtype=object),
+            "seq_ce": np.concatenate([b["seq_ce"] for b in buf]),
+            "valid": np.concatenate([b["valid"] for b in buf]),
+            "nonfinite": np.concatenate([b["nonfinite"] for b in buf]),
+        }
+        for name, values in sample_cols.items():
+            arr = self._arrays[name]
+            lo, hi = (s0 + 1, s1 + 1) if name == "offsets" else (s0, s1)
+            arr.resize((hi,))
+            if name == "sample_id":
+                arr[lo:hi] = values.astype(str)
+            else:
+                arr[lo:hi] = values.astype(self._sample_specs[name][0])
+        committed = dict(self._committed)
+        committed["samples"], committed["tokens"] = s1, t1
+        committed["invalid_samples"] += int((~sample_cols["valid"]).sum())
+        committed["nonfinite_values"] += int(sample_cols["nonfinite"].sum())
+        for key, value in self._pending.items():
+            committed[key] += value
+        self._group.update_attributes({"committed": committed, "updated_at": _now()})  # the commit point
+        self._committed = committed
+        self._pending = dict.fromkeys(self._pending, 0)
+        self._buffer = []
+        self._buffered_tokens = 0
+
+    def close(self) -> Dict[str, Any]:
+        """Flush, mark the part complete and return its summary (counts)."""
+        if self._closed:
+            return self.summary()
+        self.flush()
+        if any(self._pending.values()):  # skips after the last flush still count
+            committed = dict(self._committed)
+            for key, value in self._pending.items():
+                committed[key] += value
+            self._committed = committed
+            self._pending = dict.fromkeys(self._pending, 0)
+        self._group.update_attributes({"committed": self._committed, "complete": True, "completed_at": _now(),
+                                       "updated_at": _now()})
+        self._closed = True
+        return self.summary()
+
+    def summary(self) -> Dict[str, Any]:
+        c = self._committed
+        return {"url": self.url, "part": part_name(self.part), "complete": self._closed, **c}
+
+    def summary_line(self) -> str:
+        c = self._committed
+        return ("%s/%s: %d samples, %d tokens; %d invalid (non-finite) samples; skipped %d empty, %d duplicate"
+                % (self.url, part_name(self.part), c["samples"], c["tokens"], c["invalid_samples"],
+                   c["skipped_empty"], c["skipped_duplicate"]))
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self._closed:
+            # keep every validated sample: flush but leave the part incomplete so it can be resumed
+            try:
+                self.flush()
+            except Exception:
+                pass
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TokalignError("%s/%s is closed (complete); nothing more can be appended"
+                                % (self.url, part_name(self.part)))
+
+    # -- resume internals -------------------------------------------------------------------------------
+    def _truncate_to_commit(self) -> None:
+        s, t = self.committed_samples, self.committed_tokens
+        for name, arr in self._arrays.items():
+            want = s + 1 if name == "offsets" else (t if name in self._token_specs else s)
+            have = int(arr.shape[0])
+            if have < want:
+                raise TokalignError("store %s/%s is corrupt: array %s has %d rows but %d are committed"
+                                    % (self.url, part_name(self.part), name, have, want))
+            if have > want:
+                if name == "input_ids":
+                    self.truncated_tokens = have - want
+                if name == "seq_ce":
+                    self.truncated_samples = have - want
+                arr.resize((want,) + tuple(arr.shape[1:]))
+        if int(self._arrays["offsets"][s]) != t:
+            raise TokalignError("store %s/%s is corrupt: offsets[%d]=%d but %d tokens are committed"
+                                % (self.url, part_name(self.part), s, int(self._arrays["offsets"][s]), t))
+
+    def _read_ids(self, n: int) -> List[str]:
+        return [str(x) for x in self._arrays["sample_id"][:n].tolist()] if n else []
+
+
+def open_writer(url: Union[str, Path], schema: StoreSchema, **kwargs: Any) -> StoreWriter:
+    """Shorthand for :meth:`StoreWriter.open` (create or resume)."""
+    return StoreWriter.open(url, schema, **kwargs)
