@@ -79,6 +79,7 @@ def test_reproducible_bytes_and_shards_sum_to_one_pass(small_corpus, tmp_path, t
     assert (one.matrix != merged.matrix).nnz == 0
     assert one.meta["group_kinds"] == merged.meta["group_kinds"]
     assert one.meta["pivot_tokens"] == merged.meta["pivot_tokens"]
+    assert (one.source_counts == merged.source_counts).all() and one.source_counts.sum() == one.meta["source_tokens"]
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["corpus_files"][0]["sha256"] and meta["pivot_fingerprint"] != meta["source_fingerprint"]
 

@@ -38,13 +38,17 @@ def save_sparse_npz(path: str | os.PathLike, matrix: sp.spmatrix | sp.sparray) -
     m = sp.csr_matrix(matrix)
     m.sum_duplicates()
     m.sort_indices()
-    members = {
+    save_npz_arrays(path, {
         "indices": m.indices,
         "indptr": m.indptr,
         "format": np.array("csr"),
         "shape": np.array(m.shape),
         "data": m.data,
-    }
+    })
+
+
+def save_npz_arrays(path: str | os.PathLike, members: dict) -> None:
+    """``numpy.savez_compressed`` without pickles and with reproducible bytes, written atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -54,6 +58,18 @@ def save_sparse_npz(path: str | os.PathLike, matrix: sp.spmatrix | sp.sparray) -
             info.external_attr = 0o644 << 16
             zf.writestr(info, _npy_bytes(arr))
     os.replace(tmp, path)
+
+
+def load_npz_arrays(path: str | os.PathLike) -> dict:
+    """All arrays of an ``.npz`` file (never unpickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TokalignError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise TokalignError(f"{path}: not a readable .npz ({exc})") from exc
 
 
 def load_sparse_npz(path: str | os.PathLike) -> sp.csr_matrix:

@@ -147,7 +147,7 @@ def build_stats(pivot, source, corpus: Sequence[str] | str, options: BuildOption
         "shard": "%d/%d" % options.shard,
         "options": options.as_dict(),
     }
-    stats = MappingStats(m, meta)
+    stats = MappingStats(m, meta, acc.pivot_counts, acc.source_counts)
     stats.seconds = seconds  # not in meta: meta must be reproducible
     return stats
 

@@ -49,9 +49,13 @@ def _texts(tok) -> Optional[List[str]]:
 
 
 def source_frequencies(stats: MappingStats) -> np.ndarray:
-    """How often each source token occurs in the corpus (every source token is in exactly one group,
-    so the column sums of C count each occurrence once per pivot token of its group; we normalise by
-    that group size implicitly by using the column sums directly as relative weights)."""
+    """How often each source token occurs in the corpus.
+
+    Exact counts come from ``token_counts.npz``; for folders without it the column sums of C are used,
+    which count an occurrence once per pivot token of its group (exact for 1:1 and 1:n groups).
+    """
+    if stats.source_counts is not None:
+        return stats.source_counts.astype(np.float64)
     return np.asarray(stats.matrix.sum(axis=0)).ravel().astype(np.float64)
 
 

@@ -17,10 +17,12 @@ import scipy.sparse as sp
 
 from . import __version__
 from ._core import count_pairs
-from .artifacts import atomic_dir, load_sparse_npz, read_json, save_sparse_npz, write_json_atomic
+from .artifacts import (atomic_dir, load_npz_arrays, load_sparse_npz, read_json, save_npz_arrays, save_sparse_npz,
+                        write_json_atomic)
 from .errors import TokalignError
 
 STATS_FILE = "stats.npz"
+COUNTS_FILE = "token_counts.npz"  # pivot_counts / source_counts: occurrences of each token in the corpus
 META_FILE = "meta.json"
 GROUP_KINDS = ("1:1", "1:n", "n:1", "n:m")
 
@@ -68,9 +70,15 @@ class StatsAccumulator:
     items: int = 0
     pivot_tokens: int = 0
     source_tokens: int = 0
+    pivot_counts: np.ndarray = None
+    source_counts: np.ndarray = None
     _keys: list = field(default_factory=list, repr=False)
     _counts: list = field(default_factory=list, repr=False)
     _pending: int = 0
+
+    def __post_init__(self):
+        self.pivot_counts = np.zeros(self.pivot_vocab, np.int64)
+        self.source_counts = np.zeros(self.source_vocab, np.int64)
 
     def add(self, pivot_ids: Sequence[np.ndarray], source_ids: Sequence[np.ndarray], groups: Sequence[np.ndarray]) -> None:
         if not (len(pivot_ids) == len(source_ids) == len(groups)):
@@ -94,6 +102,10 @@ class StatsAccumulator:
         )
         for kind, n in group_kind_counts(all_groups).items():
             self.kinds[kind] += n
+        if p_off[-1]:
+            self.pivot_counts += np.bincount(np.concatenate(pivot_ids), minlength=self.pivot_vocab)
+        if s_off[-1]:
+            self.source_counts += np.bincount(np.concatenate(source_ids), minlength=self.source_vocab)
         self.items += len(pivot_ids)
         self.pivot_tokens += int(p_off[-1])
         self.source_tokens += int(s_off[-1])
@@ -125,6 +137,8 @@ class MappingStats:
 
     matrix: sp.csr_matrix
     meta: dict
+    pivot_counts: np.ndarray | None = None  # token occurrences in the corpus (None for old folders)
+    source_counts: np.ndarray | None = None
 
     @property
     def pivot_fingerprint(self) -> str:
@@ -138,6 +152,9 @@ class MappingStats:
         """Write ``stats.npz`` (reproducible bytes) and ``meta.json`` into ``out`` atomically."""
         with atomic_dir(out, overwrite=overwrite) as tmp:
             save_sparse_npz(tmp / STATS_FILE, self.matrix)
+            if self.pivot_counts is not None and self.source_counts is not None:
+                save_npz_arrays(tmp / COUNTS_FILE, {"pivot_counts": self.pivot_counts,
+                                                    "source_counts": self.source_counts})
             write_json_atomic(tmp / META_FILE, self.meta)
         return Path(out)
 
@@ -162,7 +179,8 @@ class MappingStats:
         m = load_sparse_npz(d / STATS_FILE)
         if m.shape != (meta["pivot_vocab"], meta["source_vocab"]):
             raise TokalignError(f"{d / STATS_FILE}: shape {m.shape} does not match meta.json vocab sizes")
-        return cls(m.astype(np.int64), meta)
+        counts = load_npz_arrays(d / COUNTS_FILE) if (d / COUNTS_FILE).is_file() else {}
+        return cls(m.astype(np.int64), meta, counts.get("pivot_counts"), counts.get("source_counts"))
 
 
 def merge_stats(parts: Iterable[MappingStats]) -> MappingStats:
@@ -203,4 +221,8 @@ def merge_stats(parts: Iterable[MappingStats]) -> MappingStats:
     total = sp.csr_matrix(total, dtype=np.int64)
     total.sort_indices()
     meta["pairs"] = int(total.nnz)
-    return MappingStats(total, meta)
+    pcounts = scounts = None
+    if all(p.pivot_counts is not None and p.source_counts is not None for p in parts):
+        pcounts = np.sum([p.pivot_counts for p in parts], axis=0)
+        scounts = np.sum([p.source_counts for p in parts], axis=0)
+    return MappingStats(total, meta, pcounts, scounts)
