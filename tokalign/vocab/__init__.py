@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict
 from . import em as _em
 from . import mined as _mined
 from . import ms as _ms
+from .ms import load_stats
 from .vocab_map import ORIGINS, VocabMap, load
 
 # method name -> builder(pivot, source, **options) -> VocabMap
@@ -55,4 +56,4 @@ def build(method: str, pivot: Any, source: Any, **options: Any) -> VocabMap:
     return fn(pivot, source, **options)
 
 
-__all__ = ["METHODS", "ORIGINS", "VocabMap", "build", "em", "load", "mined", "ms"]
+__all__ = ["METHODS", "ORIGINS", "VocabMap", "build", "em", "load", "load_stats", "mined", "ms"]
