@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <iterator>
 #include <stdexcept>
 
 #include "tokalign/levenshtein.h"
@@ -26,6 +27,7 @@ namespace vocab {
 namespace {
 
 constexpr int kOwnBits = 48;  // the 48 most frequent units get a signature bit of their own
+constexpr int kSeeds = 2;     // seed candidates per side of the query in prefix / suffix order
 
 struct Result {
     int32_t dist;
@@ -52,14 +54,17 @@ struct Scanner {
     const std::vector<uint32_t>* units;
     int top_n;
 
-    // Worst distance a candidate in a bucket at |L - m| == delta may have and still enter `best`.
+    // Worst distance a candidate at |L - m| == delta may have and still enter `best` (ties on
+    // distance go to the smaller delta, then rank and id, checked on insertion).
     int limit(const std::vector<Result>& best, int delta) const {
         if (int(best.size()) < top_n) return INT_MAX / 2;
         const Result& worst = best.back();
-        return delta == worst.delta ? worst.dist : worst.dist - 1;
+        return delta <= worst.delta ? worst.dist : worst.dist - 1;
     }
 
     static void insert(std::vector<Result>& best, const Result& r, int top_n) {
+        for (const Result& b : best)
+            if (b.id == r.id) return;  // seeded earlier
         auto pos = std::upper_bound(best.begin(), best.end(), r);
         if (int(pos - best.begin()) >= top_n) return;
         best.insert(pos, r);
@@ -69,13 +74,13 @@ struct Scanner {
 
 template <class Bucket>
 TA_POPCNT_CLONES void scan_bucket(const Bucket& bk, int bucket_len, int m, int delta, uint64_t src_sig,
-                                  const PatternTable& peq, const std::vector<uint32_t>& units, int top_n, int cap,
+                                  const PatternTable& peq, const std::vector<uint32_t>& units, int top_n,
                                   std::vector<Result>& best, std::vector<uint64_t>& scratch, int64_t& filtered,
                                   int64_t& evaluated) {
     const Scanner sc{&units, top_n};
     const size_t count = bk.sig.size();
     const int d_len = m - bucket_len;  // signed length difference
-    int lim = std::min(cap, sc.limit(best, delta));
+    int lim = sc.limit(best, delta);
     filtered += int64_t(count);
     // d >= excess of either side (units it has that the other lacks), and the signatures bound
     // the excesses from below; excess_a - excess_b == m - L adds the length difference.
@@ -99,7 +104,7 @@ TA_POPCNT_CLONES void scan_bucket(const Bucket& bk, int bucket_len, int m, int d
             const Result r{d, delta, bk.rank[e], bk.id[e]};
             if (int(best.size()) == top_n && !(r < best.back())) continue;
             Scanner::insert(best, r, top_n);
-            lim = std::min(cap, sc.limit(best, delta));
+            lim = sc.limit(best, delta);
         }
     }
 }
@@ -167,9 +172,26 @@ MinEDIndex::MinEDIndex(const std::vector<std::string>& pivot_texts, const std::v
         bk.sig.push_back(sig);
         bk.id.push_back(int32_t(i));
         bk.rank.push_back(rank[i]);
+        cand_start_.push_back(bk.start.back());
+        cand_len_.push_back(len);
+        cand_id_.push_back(int32_t(i));
+        cand_rank_.push_back(rank[i]);
         exact_.emplace(pivot_texts[i], int32_t(i));  // first (best-ranked) one wins
     }
     n_candidates_ = int64_t(ids.size());
+    prefix_order_.resize(ids.size());
+    for (size_t k = 0; k < ids.size(); ++k) prefix_order_[k] = int32_t(k);
+    suffix_order_ = prefix_order_;
+    const uint32_t* u = units_.data();
+    std::sort(prefix_order_.begin(), prefix_order_.end(), [&](int32_t a, int32_t b) {
+        return std::lexicographical_compare(u + cand_start_[a], u + cand_start_[a] + cand_len_[a], u + cand_start_[b],
+                                            u + cand_start_[b] + cand_len_[b]);
+    });
+    std::sort(suffix_order_.begin(), suffix_order_.end(), [&](int32_t a, int32_t b) {
+        using R = std::reverse_iterator<const uint32_t*>;
+        return std::lexicographical_compare(R(u + cand_start_[a] + cand_len_[a]), R(u + cand_start_[a]),
+                                            R(u + cand_start_[b] + cand_len_[b]), R(u + cand_start_[b]));
+    });
 }
 
 uint32_t MinEDIndex::dense(uint32_t unit) const {
@@ -232,25 +254,50 @@ MinEDStats MinEDIndex::query(const std::vector<std::string>& source_texts, const
                 src_sig |= signature_bit(u);
                 peq.table[size_t(u) * blocks + size_t(i / 64)] |= uint64_t(1) << (i % 64);
             }
-            // Iterative deepening on a distance cap: a pass with cap t scans the buckets with
-            // |L - m| <= t and finds every candidate at distance <= t, so once it has top_n results
-            // they are the best top_n. Small caps keep the bounds tight from the first candidate on.
             const Scanner sc{&units_, top_n};
-            const int max_possible = std::max(m, max_len);
-            for (int cap = 1;; cap = cap < 4 ? cap + 1 : cap * 2) {
-                best.clear();
-                for (int delta = 0;; ++delta) {
-                    if (m - delta < 0 && m + delta > max_len) break;
-                    if (delta > std::min(cap, sc.limit(best, delta))) break;  // |L - m| bounds the distance
-                    const int sides[2] = {m - delta, m + delta};
-                    for (int s = 0; s < (delta == 0 ? 1 : 2); ++s) {
-                        const int len = sides[s];
-                        if (len < 0 || len > max_len || buckets_[size_t(len)].sig.empty()) continue;
-                        scan_bucket(buckets_[size_t(len)], len, m, delta, src_sig, peq, units_, top_n, cap, best,
-                                    scratch, filtered, evaluated);
+            best.clear();
+            {
+                // Seeds: the pivot tokens next to the query in prefix and in suffix order share a
+                // long prefix / suffix with it, so they are usually close to the best and make the
+                // bounds of the scan below tight from its first bucket on.
+                const uint32_t* u = units_.data();
+                const uint32_t* pb = pattern.data();
+                const uint32_t* pe = pattern.data() + m;
+                auto pos_pre = std::lower_bound(prefix_order_.begin(), prefix_order_.end(), 0, [&](int32_t a, int) {
+                    return std::lexicographical_compare(u + cand_start_[a], u + cand_start_[a] + cand_len_[a], pb, pe);
+                }) - prefix_order_.begin();
+                using R = std::reverse_iterator<const uint32_t*>;
+                auto pos_suf = std::lower_bound(suffix_order_.begin(), suffix_order_.end(), 0, [&](int32_t a, int) {
+                    return std::lexicographical_compare(R(u + cand_start_[a] + cand_len_[a]), R(u + cand_start_[a]), R(pe), R(pb));
+                }) - suffix_order_.begin();
+                const int64_t nc = int64_t(prefix_order_.size());
+                for (int side = 0; side < 2; ++side) {
+                    const std::vector<int32_t>& order = side == 0 ? prefix_order_ : suffix_order_;
+                    const int64_t pos = side == 0 ? pos_pre : pos_suf;
+                    for (int64_t k = std::max<int64_t>(0, pos - kSeeds); k < std::min(nc, pos + kSeeds); ++k) {
+                        const int32_t c = order[size_t(k)];
+                        const int lim = sc.limit(best, std::abs(cand_len_[c] - m));
+                        ++evaluated;
+                        const int d = lev::distance(peq, m, u + cand_start_[c], cand_len_[c], lim, scratch.data());
+                        if (d > lim) continue;
+                        const Result r{d, std::abs(cand_len_[c] - m), cand_rank_[c], cand_id_[c]};
+                        if (int(best.size()) == top_n && !(r < best.back())) continue;
+                        Scanner::insert(best, r, top_n);
                     }
                 }
-                if (int(best.size()) >= top_n || cap >= max_possible) break;
+            }
+            // One pass outward over the length buckets; |L - m| bounds the distance from below,
+            // so the scan ends once it exceeds what the worst kept result allows.
+            for (int delta = 0;; ++delta) {
+                if (m - delta < 0 && m + delta > max_len) break;
+                if (delta > sc.limit(best, delta)) break;
+                const int sides[2] = {m - delta, m + delta};
+                for (int s = 0; s < (delta == 0 ? 1 : 2); ++s) {
+                    const int len = sides[s];
+                    if (len < 0 || len > max_len || buckets_[size_t(len)].sig.empty()) continue;
+                    scan_bucket(buckets_[size_t(len)], len, m, delta, src_sig, peq, units_, top_n, best, scratch,
+                                filtered, evaluated);
+                }
             }
             for (int i = 0; i < m; ++i) peq.table[size_t(pattern[size_t(i)]) * blocks + size_t(i / 64)] = 0;
             for (size_t r = 0; r < best.size(); ++r) {

@@ -11,10 +11,12 @@ first, where preference puts ordinary tokens before byte-fallback pieces. An exa
 ``top_n`` keeps the n best; their weights are ``1 / (1 + distance)`` normalised per row
 (``weighting="inverse"``) or equal (``weighting="uniform"``).
 
-The search is native (``tokalign._core.MinEDIndex``): pivot tokens bucketed by length, buckets
-scanned outward from the source length (the length difference bounds the distance, so the scan
-stops once it exceeds the worst kept distance), a character-signature lower bound, then a
-bit-parallel Levenshtein with early exit; OpenMP over source tokens, GIL released.
+The search is native (``tokalign._core.MinEDIndex``) and exact: pivot tokens bucketed by length;
+a few seed candidates (the query's neighbours in prefix / suffix order of the pivot texts) give an
+initial bound; buckets are scanned outward from the source length (the length difference bounds
+the distance, so the scan stops once it exceeds the worst kept distance); a character-signature
+lower bound; then a bit-parallel (Myers/Hyyro) Levenshtein with early exit. OpenMP over source
+tokens, GIL released.
 """
 from __future__ import annotations
 

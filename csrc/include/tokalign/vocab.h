@@ -37,11 +37,13 @@ struct MinEDStats {
 
 // All-pairs minimum edit distance against a fixed pivot vocabulary.
 //
-// Candidate pivot tokens are bucketed by length in units. For one source token of length m the
-// buckets are scanned outward (|L - m| = 0, 1, 2, ...), and |L - m| is a lower bound on the
-// distance, so the scan stops once it exceeds the worst kept distance. Inside a bucket a 64-bit
-// character signature gives a second lower bound (characters of one side missing from the other)
-// before the bit-parallel distance, which itself stops early past the current bound.
+// Candidate pivot tokens are bucketed by length in units. For one source token of length m a few
+// seed candidates (its neighbours in the prefix and suffix orders of the pivot texts) give an
+// initial top_n; then the buckets are scanned outward (|L - m| = 0, 1, 2, ...): |L - m| is a lower
+// bound on the distance, so the scan stops once it exceeds what the worst kept result allows.
+// Inside a bucket a 64-bit character signature gives a second lower bound (units of one side
+// missing from the other, plus the length difference) before the bit-parallel distance, which
+// itself stops early past the current limit.
 //
 // Result order (also the tie-break) is the key (distance, |L - m|, rank, pivot id): smaller is
 // better; `rank` is supplied by the caller. An exact text match short-circuits to one result.
@@ -73,6 +75,13 @@ class MinEDIndex {
     std::vector<uint32_t> units_;                       // dense units of all candidates
     std::vector<Bucket> buckets_;                       // by length in units
     std::unordered_map<std::string, int32_t> exact_;    // canonical bytes -> best-ranked candidate
+    // All candidates (for seeding): start in units_, length, id, rank; and two orders of them,
+    // by their units and by their reversed units, to find pivot tokens sharing a long prefix or
+    // suffix with a query (usually close to the best, so the bounds are tight from the start).
+    std::vector<int64_t> cand_start_;
+    std::vector<int32_t> cand_len_, cand_id_;
+    std::vector<int64_t> cand_rank_;
+    std::vector<int32_t> prefix_order_, suffix_order_;
     int64_t n_candidates_ = 0;
 };
 
