@@ -430,3 +430,29 @@ def test_cli_vocab_map(tmp_path, tokenizers_dir, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "abc" in err and err.count("\n") == 1
     assert not (tmp_path / "ms").exists()
+
+
+def test_cli_vocab_map_mined_and_ms(tmp_path, tokenizers_dir, monkeypatch, capsys):
+    import tokalign
+    from tokalign.cli import main
+
+    monkeypatch.setattr(tokalign, "load_tokenizer", lambda name, tokenizer_dir=None, trust_remote_code=False:
+                        AdapterTokenizer(Path(tokenizer_dir) / name, name=name))
+    pivot = AdapterTokenizer(tokenizers_dir / "openchat-3.5")
+    source = AdapterTokenizer(tokenizers_dir / "mistral-v1")
+    args = ["vocab-map", "--pivot", "openchat-3.5", "--source", "mistral-v1", "--tokenizer-dir", str(tokenizers_dir)]
+    assert main(args + ["--method", "mined", "--top-n", "2", "--out", str(tmp_path / "mined")]) == 0
+    assert "vocab-map mined" in capsys.readouterr().out
+    vm = V.load(tmp_path / "mined", expect_pivot=pivot, expect_source=source)
+    assert vm.meta["options"] == {"top_n": 2, "weighting": "inverse"}
+    stats = tmp_path / "stats"
+    stats.mkdir()
+    c = sp.csr_matrix(([5, 2], ([10, 11], [10, 12])), shape=(pivot.vocab_size, source.vocab_size), dtype=np.int64)
+    sp.save_npz(stats / "stats.npz", c)
+    (stats / "meta.json").write_text(json.dumps({"pivot_fingerprint": pivot.fingerprint, "source_fingerprint": source.fingerprint}))
+    out = tmp_path / "ms"
+    assert main(args + ["--method", "ms", "--stats", str(stats), "--variant", "fusechat", "--fallback", "em", "--out", str(out), "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["options"]["variant"] == "fusechat" and meta["stats"]["source_seen"] == 2
+    vm = V.load(out)
+    assert vm.top1()[10] == 10 and vm.top1()[12] == 11 and vm.origin[100] == 6
