@@ -17,10 +17,6 @@ from .artifacts import read_json
 from .errors import TokalignError
 from .stats import GROUP_KINDS, MappingStats
 
-# How a vocab-map row was filled, collapsed into the three classes of the report.
-EXACT_ORIGINS = ("special", "exact")
-UNMAPPED_ORIGINS = ("unmapped",)
-
 
 @dataclass
 class Loaded:
@@ -61,13 +57,16 @@ def source_frequencies(stats: MappingStats) -> np.ndarray:
 
 def map_summary(vm, freq: Optional[np.ndarray]) -> Dict:
     """Coverage of one vocabulary map, by vocabulary and (with corpus frequencies) by mass."""
-    from .vocab.vocab_map import ORIGINS
+    from .vocab.vocab_map import ORIGIN_CODES, ORIGINS
+
+    ORIGIN_EXACT = ORIGIN_CODES["exact"]
 
     origin = vm.origin if vm.origin is not None else np.where(vm.mapped(), 3, 0).astype(np.int8)
-    names = np.array([ORIGINS.get(int(c), "other") for c in range(max(ORIGINS) + 1)])
-    classes = np.full(len(origin), "approximate", dtype=object)
-    classes[np.isin(names[origin], EXACT_ORIGINS)] = "exact"
-    classes[np.isin(names[origin], UNMAPPED_ORIGINS)] = "unmapped"
+    # exact: the top-1 pivot token has the identical text (or a special token matched by role);
+    # approximate: mapped to something else; unmapped: empty row.
+    special = np.isin(origin, [c for c, n in ORIGINS.items() if n == "special"])
+    identical = vm.distances == 0 if vm.distances is not None else np.isin(origin, [ORIGIN_EXACT])
+    classes = np.where(~vm.mapped(), "unmapped", np.where(special | identical, "exact", "approximate"))
     out = {
         "method": vm.method,
         "variant": (vm.meta.get("options") or {}).get("variant"),
