@@ -53,3 +53,17 @@ def test_every_subcommand_has_help_with_examples(capsys):
     for name in sub.choices:
         assert name in SUBCOMMANDS
         assert "examples:" in sub.choices[name].format_help(), name
+
+
+def test_demo_runs_offline_on_embedded_tokenizers(tmp_path, capsys, monkeypatch):
+    """The README's main job: no --tokenizer-dir, no hub: the embedded openchat / mistral-nemo serve."""
+    monkeypatch.delenv("TOKALIGN_TOKENIZER_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    assert set(report["maps"]) == {"map-em", "map-mined", "map-ms"}
+    assert report["maps"]["map-mined"]["coverage"]["unmapped"] < 0.01
+    for name in ("stats/stats.npz", "map-ms/map.npz", "report.json", "report.txt"):
+        assert (tmp_path / "demo" / name).is_file()

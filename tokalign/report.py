@@ -145,6 +145,8 @@ def build_report(items: Sequence[Loaded], pivot=None, source=None, n_top: int = 
     pivot_texts, source_texts = _texts(pivot), _texts(source)
     freq = source_frequencies(stats) if stats is not None else None
     report: Dict = {"inputs": [{"path": str(x.path), "kind": x.kind} for x in items]}
+    names = [x.path.name for x in maps]
+    label = {id(x): (x.path.name if len(set(names)) == len(names) else str(x.path)) for x in maps}
     if stats is not None:
         m = stats.meta
         kinds = m.get("group_kinds", {})
@@ -162,9 +164,9 @@ def build_report(items: Sequence[Loaded], pivot=None, source=None, n_top: int = 
     for x in maps:
         s = map_summary(x.obj, freq)
         s["top_mappings"] = top_mappings(x.obj, freq, pivot_texts, source_texts, n_top)
-        report["maps"][str(x.path)] = s
+        report["maps"][label[id(x)]] = s
     if len(maps) > 1:
-        tops = {str(x.path): x.obj.top1() for x in maps}
+        tops = {label[id(x)]: x.obj.top1() for x in maps}
         names = list(tops)
         report["agreement_top1"] = {
             f"{a} | {b}": float(np.mean(tops[a] == tops[b])) for i, a in enumerate(names) for b in names[i + 1:]

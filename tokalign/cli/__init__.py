@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "inspect": "inspect",
     "remap": "remap",
     "bench": "bench",
+    "demo": "demo",
 }
 
 EPILOG = """examples:

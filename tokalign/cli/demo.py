@@ -1,0 +1,71 @@
+"""tokalign demo: the whole alignment pipeline for one tokenizer pair in one command.
+
+build-stats -> vocab-map em / mined / ms -> report (text, JSON, and a figure when matplotlib is
+installed). With no flags it runs offline on tokenizers shipped inside PyPI packages (openchat-3.5's
+vocabulary and Mistral-NeMo's tekken, from mistral-common) and on the small built-in corpus.
+"""
+from .common import add_tokenizer_options, formatter
+
+EPILOG = """examples:
+  tokalign demo --out tokalign-demo                     # offline, embedded tokenizers, built-in corpus
+  tokalign demo --source internlm2 --tokenizer-dir ../shared/tokenizers \\
+      --corpus ../shared/corpora/alpacaeval_parallel.jsonl --out demo-internlm2
+outputs: OUT/stats, OUT/map-em, OUT/map-mined, OUT/map-ms, OUT/report.json, OUT/report.txt, OUT/report.png
+"""
+
+
+def register(sub):
+    p = sub.add_parser("demo", help="run build-stats, vocab-map (em, mined, ms) and report for one pair",
+                       description=__doc__, epilog=EPILOG, formatter_class=formatter())
+    p.add_argument("--pivot", default="openchat", help="pivot tokenizer (default openchat)")
+    p.add_argument("--source", default="mistral-nemo", help="source tokenizer (default mistral-nemo)")
+    p.add_argument("--corpus", nargs="+", default=["builtin:sample"], help="corpus files (default builtin:sample)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_tokenizer_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from .. import vocab
+    from ..artifacts import atomic_dir
+    from ..build_stats import BuildOptions, build_stats, summary_line
+    from ..report import build_report, format_report, load_any, plot_report
+    from .common import load_pair, print_json
+
+    t0 = time.perf_counter()
+    pivot, source = load_pair(args)
+    print("demo: pivot %s (%s, %d tokens), source %s (%s, %d tokens)"
+          % (pivot.name, pivot.source, pivot.vocab_size, source.name, source.source, source.vocab_size))
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        stats = build_stats(pivot, source, args.corpus, BuildOptions())
+        stats.save(tmp / "stats")
+        print(summary_line(stats))
+        for method in ("em", "mined", "ms"):
+            t = time.perf_counter()
+            extra = {"stats": stats.matrix} if method == "ms" else {}
+            vm = vocab.build(method, pivot, source, **extra)
+            vm.save(tmp / f"map-{method}")
+            print("vocab-map %-5s mapped %d/%d source tokens in %.1fs"
+                  % (method, int(vm.mapped().sum()), vm.source_vocab, time.perf_counter() - t))
+        items = [load_any(tmp / d) for d in ("stats", "map-em", "map-mined", "map-ms")]
+        report = build_report(items, pivot, source)
+        try:
+            plot_report(report, str(tmp / "report.png"))
+        except ImportError:
+            pass  # matplotlib is optional (the [plot] extra)
+        text = format_report(report)
+        (tmp / "report.txt").write_text(text + "\n", encoding="utf-8")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if args.json:
+        print_json(report)
+    else:
+        print(text)
+    print("demo: done in %.1fs; artifacts in %s (stats, map-em, map-mined, map-ms, report.*)"
+          % (time.perf_counter() - t0, Path(args.out)))
+    return 0
