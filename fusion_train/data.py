@@ -42,11 +42,15 @@ class StoreReader(Protocol):
 def store_fingerprint(reader: StoreReader) -> Optional[str]:
     """The tokenizer fingerprint of the vocabulary a store's ``topk_ids`` live in.
 
-    ``attrs["vocab_fingerprint"]`` when a store records it separately (a remapped store may keep its
-    source model's fingerprint as provenance), else ``attrs["fingerprint"]``; None when absent.
+    ``tokalign.store`` records it as ``tokenizer_fingerprint`` (a remapped store holds the pivot's,
+    with its source model's fingerprint under ``options`` as provenance); ``fingerprint`` is accepted
+    for plain in-memory readers. None when absent.
     """
+    schema = getattr(reader, "schema", None)
+    if getattr(schema, "tokenizer_fingerprint", None):
+        return schema.tokenizer_fingerprint
     attrs = getattr(reader, "attrs", None) or {}
-    return attrs.get("vocab_fingerprint") or attrs.get("fingerprint")
+    return attrs.get("tokenizer_fingerprint") or attrs.get("fingerprint")
 
 
 def _short(fp: Optional[str]) -> str:
