@@ -24,62 +24,83 @@ from __future__ import annotations
 import torch
 
 from fusion_train.merge.registry import SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas
-from fusion_train.merge.task_arithmetic import sign_consensus
+
+
+def population_variance(deltas: torch.Tensor) -> torch.Tensor:
+    """Variance across models (dim 0, biased), two-pass: far faster than ``torch.var(dim=0)`` on
+    CPU, where that reduction runs along the strided model axis."""
+    n = deltas.shape[0]
+    mean = deltas.sum(dim=0).div_(n)
+    var = torch.zeros_like(mean)
+    for j in range(n):
+        diff = deltas[j] - mean
+        var.addcmul_(diff, diff)
+    return var.div_(n)
 
 
 def variance_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:
-    """fp32 0/1 mask [*shape] selecting the top ``density`` fraction of elements by variance
-    across models (population variance), among elements with nonzero variance.
+    """Bool mask [*shape] selecting the top ``density`` fraction of elements by variance across
+    models (population variance), among elements with nonzero variance: k = int(density * nnz).
 
     Selection by a k-th-value threshold (O(n)) rather than a top-k sort; equal to mergekit's
     ``torch.topk`` selection unless values tie exactly at the threshold (then all are kept).
     """
     shape = deltas.shape[1:]
     if density <= 0:
-        return torch.zeros(shape, dtype=deltas.dtype, device=deltas.device)
+        return torch.zeros(shape, dtype=torch.bool, device=deltas.device)
     if density >= 1:
-        return torch.ones(shape, dtype=deltas.dtype, device=deltas.device)
-    var = torch.var(deltas, dim=0, unbiased=False)
-    nonzero = int(torch.count_nonzero(var))
-    k = int(nonzero * density)
+        return torch.ones(shape, dtype=torch.bool, device=deltas.device)
+    var = population_variance(deltas)
+    k = int(int(torch.count_nonzero(var)) * density)
     if k == 0:
-        return torch.zeros_like(var)
-    flat = var.abs().reshape(-1)
+        return torch.zeros(shape, dtype=torch.bool, device=deltas.device)
+    flat = var.reshape(-1)
     threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
-    return (var.abs() >= threshold).to(deltas.dtype)
+    return var >= threshold
+
+
+def _erase_merge(deltas: torch.Tensor, eta, total: torch.Tensor, clamp: bool) -> torch.Tensor:
+    """sum_j eta_j d_j over entries whose sign agrees with sign(total) (0 -> +), divided by the
+    kept eta (clamped to >= 1e-6 when ``clamp``, else 0 -> 1). ``total`` is overwritten."""
+    elected = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+    num = torch.zeros_like(total)
+    den = total.zero_()
+    scratch = torch.empty_like(total)
+    keep = torch.empty(total.shape, dtype=torch.bool, device=total.device)
+    for j in range(deltas.shape[0]):
+        d = deltas[j]
+        torch.gt(torch.mul(d, elected, out=scratch), 0, out=keep)  # sign(d) == elected sign, d != 0
+        num.add_(torch.mul(d, keep, out=scratch), alpha=eta[j])
+        den.add_(keep, alpha=eta[j])
+    if clamp:
+        return num.div_(den.clamp_(min=1e-6))
+    den[den == 0] = 1
+    return num.div_(den)
 
 
 def sce_mergekit(base: torch.Tensor, deltas: torch.Tensor, tau: float) -> torch.Tensor:
+    n = deltas.shape[0]
     if tau < 1:
-        deltas = deltas * variance_mask(deltas, tau).unsqueeze(0)
-    erase = sign_consensus(deltas)
-    energy = deltas.square().reshape(deltas.shape[0], -1).mean(dim=1)
-    total = float(energy.sum())
-    if abs(total) < 1e-6:
-        eta = torch.full_like(energy, 1.0 / energy.numel())
-    else:
-        eta = energy / total
-    eta = eta.reshape((-1,) + (1,) * (deltas.dim() - 1))
-    kept = eta * erase
-    merged = (deltas * kept).sum(dim=0) / kept.sum(dim=0).clamp(min=1e-6)
-    return base + merged
+        deltas.mul_(variance_mask(deltas, tau))
+    energy = [float(torch.dot(deltas[j].reshape(-1), deltas[j].reshape(-1))) / max(deltas[j].numel(), 1) for j in range(n)]
+    total = sum(energy)
+    eta = [1.0 / n] * n if abs(total) < 1e-6 else [e / total for e in energy]
+    return base + _erase_merge(deltas, eta, deltas.sum(dim=0), clamp=True)
 
 
 def sce_fusechat(base: torch.Tensor, deltas: torch.Tensor, tau: float) -> torch.Tensor:
     n = deltas.shape[0]
     if tau < 1:
         mask = variance_mask(deltas, tau)
-        energy = [float((deltas[j] * mask).square().sum()) / deltas[j].numel() for j in range(n)]
+        energy = []
+        for j in range(n):
+            sel = torch.where(mask, deltas[j], 0.0).reshape(-1)
+            energy.append(float(torch.dot(sel, sel)) / max(deltas[j].numel(), 1))
     else:
-        energy = [float(deltas[j].square().sum()) / deltas[j].numel() for j in range(n)]
+        energy = [float(torch.dot(deltas[j].reshape(-1), deltas[j].reshape(-1))) / max(deltas[j].numel(), 1) for j in range(n)]
     total = sum(energy)
-    eta_list = [1.0 / n] * n if total == 0 else [e / total for e in energy]
-    eta = torch.tensor(eta_list, dtype=deltas.dtype, device=deltas.device).reshape((-1,) + (1,) * (deltas.dim() - 1))
-    kept = eta * sign_consensus(deltas)
-    merged = (deltas * kept).sum(dim=0)
-    divisor = kept.sum(dim=0)
-    divisor[divisor == 0] = 1
-    return base + merged / divisor
+    eta = [1.0 / n] * n if total == 0 else [e / total for e in energy]
+    return base + _erase_merge(deltas, eta, deltas.sum(dim=0), clamp=False)
 
 
 @register

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from fusion_train.merge.registry import PER_MODEL, SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas, weights_like
+from fusion_train.merge.registry import PER_MODEL, SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas
 
 # A sparsifier maps (delta, density, rescale, generator) -> sparsified delta (same shape).
 Sparsifier = Callable[[torch.Tensor, float, bool, Optional[torch.Generator]], torch.Tensor]
@@ -41,23 +41,29 @@ def generalized_task_arithmetic(task: TensorTask, *, consensus: bool, sparsify: 
     base = task.base
     assert base is not None
     deltas = stack_deltas(base, task.models)
-    if sparsify is not None:
-        for j, mp in enumerate(task.model_params):
-            gen = None
-            if task.extra.get("make_generator") is not None:
-                gen = task.extra["make_generator"](j)
+    weights = [float(mp["weight"]) for mp in task.model_params]
+    for j, mp in enumerate(task.model_params):
+        if sparsify is not None:
+            make_gen = task.extra.get("make_generator")
+            gen = make_gen(j) if make_gen is not None else None
             deltas[j] = sparsify(deltas[j], float(mp["density"]), bool(task.params["rescale"]), gen)
-    weights = weights_like([mp["weight"] for mp in task.model_params], deltas)
-    deltas.mul_(weights)
+        deltas[j].mul_(weights[j])
     if consensus:
-        mask = sign_consensus(deltas)
-        mixed = (deltas * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
+        elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
+        mixed = torch.zeros_like(base)
+        divisor = torch.zeros_like(base)
+        scratch = torch.empty_like(base)
+        keep = torch.empty(base.shape, dtype=torch.bool, device=base.device)
+        for j in range(deltas.shape[0]):
+            d = deltas[j]
+            torch.gt(torch.mul(d, elected, out=scratch), 0, out=keep)  # sign(d) == elected sign, d != 0
+            mixed.add_(torch.mul(d, keep, out=scratch))
+            divisor.add_(keep, alpha=weights[j])
         divisor[divisor == 0] = 1
     else:
         mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
+        total = sum(weights)
+        divisor = total if abs(total) >= 1e-8 else 1.0
     del deltas
     if task.params["normalize"]:
         mixed /= divisor

@@ -23,9 +23,9 @@ def magnitude_topk(delta: torch.Tensor, density: float, rescale: bool, generator
     if density <= 0 or n == 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * n))
-    mag = delta.abs().reshape(-1)
-    threshold = torch.kthvalue(mag, n - k + 1).values
-    kept = delta * (delta.abs() >= threshold)
+    mag = delta.abs()
+    threshold = torch.kthvalue(mag.reshape(-1), n - k + 1).values
+    kept = torch.where(mag >= threshold, delta, 0.0)
     return rescale_l1(delta, kept) if rescale else kept
 
 
