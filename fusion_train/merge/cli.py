@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     o = p.add_argument_group("execution")
     o.add_argument("--dtype", help="output dtype: float32 | bfloat16 | float16 (default: the base's)")
     o.add_argument("--device", default="cpu", help="compute device: cpu | cuda | cuda:N (default cpu)")
+    o.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for tensor math (default 0 = torch's default; 1 is fastest on an oversubscribed machine)")
     o.add_argument("--max-shard-size", default="2GB", help="output shard size limit (default 2GB)")
     o.add_argument("--vocab-policy", choices=VOCAB_POLICIES, default="refuse",
                    help="embedding/lm_head row-count mismatch: refuse (default) or truncate to the base's rows")
@@ -125,6 +127,12 @@ def build_config(args: argparse.Namespace) -> MergeConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
+    if args.threads < 0:
+        raise TokalignError("--threads: must be >= 0, got %d" % args.threads)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     opts = MergeOptions(device=args.device, max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
                         vocab_policy=args.vocab_policy, seed=args.seed, progress=not args.no_progress)
     summary = run_merge(cfg, args.out, opts)

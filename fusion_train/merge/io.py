@@ -1,8 +1,8 @@
 """Streaming safetensors IO for merging: read one tensor at a time, write shards without buffering them.
 
-Reading: :class:`CheckpointReader` maps tensor names to the memory-mapped shard holding them
-(``model.safetensors`` or ``model.safetensors.index.json`` + shards) and keeps one ``safe_open``
-handle per shard, so a tensor is only materialised when asked for.
+Reading: :class:`CheckpointReader` parses the safetensors headers of a model folder
+(``model.safetensors`` or ``model.safetensors.index.json`` + shards) and memory-maps one
+tensor's bytes at a time (zero copy), so a tensor is only paged in when it is used.
 
 Writing: the output layout (which tensor goes to which shard, at which byte offset) is fully
 determined by names, shapes and the output dtype, so :func:`plan_shards` fixes it before any math
@@ -13,6 +13,7 @@ order. Peak memory is therefore a few tensors, never a whole shard; each shard i
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 import shutil
@@ -22,8 +23,6 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
-from safetensors import safe_open
-
 from tokalign.errors import TokalignError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -85,6 +84,8 @@ class TensorInfo:
     shape: Tuple[int, ...]
     dtype: torch.dtype
     file: Path
+    start: int = 0  # absolute byte offset of the data in ``file``
+    nbytes: int = 0
 
 
 class CheckpointReader:
@@ -99,7 +100,7 @@ class CheckpointReader:
         if not self.path.is_dir():
             raise TokalignError("%s: model folder not found" % self.path)
         files = self._shard_files()
-        self._handles: Dict[Path, object] = {}
+        self._fds: Dict[Path, int] = {}
         self.infos: Dict[str, TensorInfo] = {}
         for file in files:
             for info in _read_header(file):
@@ -149,16 +150,25 @@ class CheckpointReader:
         return list(self.infos)
 
     def get(self, name: str) -> torch.Tensor:
-        """Load tensor ``name`` (its stored dtype, CPU)."""
+        """Tensor ``name`` (its stored dtype, CPU), zero-copy: a private (copy-on-write) memory map
+        of just its bytes, unmapped when the tensor is freed; so reading costs page faults on
+        first touch, no allocation or copy, and resident memory stays bounded by live tensors."""
         info = self.infos[name]
-        handle = self._handles.get(info.file)
-        if handle is None:
-            handle = safe_open(str(info.file), framework="pt", device="cpu")
-            self._handles[info.file] = handle
-        return handle.get_tensor(name)
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        lead = info.start % mmap.ALLOCATIONGRANULARITY
+        mm = mmap.mmap(fd, info.nbytes + lead, access=mmap.ACCESS_COPY, offset=info.start - lead)
+        if info.start % info.dtype.itemsize:  # misaligned data (not written by safetensors): copy
+            return torch.frombuffer(bytearray(mm[lead:]), dtype=info.dtype).reshape(info.shape)
+        return torch.frombuffer(mm, dtype=info.dtype, count=info.nbytes // info.dtype.itemsize, offset=lead).reshape(info.shape)
 
     def close(self) -> None:
-        self._handles.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _read_header(file: Path) -> List[TensorInfo]:
@@ -174,11 +184,17 @@ def _read_header(file: Path) -> List[TensorInfo]:
     infos = []
     items = [(k, v) for k, v in header.items() if k != "__metadata__"]
     items.sort(key=lambda kv: kv[1]["data_offsets"][0])
+    size = file.stat().st_size
     for name, meta in items:
         dt = _ST_DTYPES.get(meta.get("dtype"))
         if dt is None:
             raise TokalignError("%s: tensor %r has unsupported dtype %r" % (file, name, meta.get("dtype")))
-        infos.append(TensorInfo(name, tuple(int(s) for s in meta["shape"]), dt, file))
+        shape = tuple(int(s) for s in meta["shape"])
+        begin, end = (int(x) for x in meta["data_offsets"])
+        start = 8 + n + begin
+        if end - begin != _nbytes(shape, dt) or start + (end - begin) > size:
+            raise TokalignError("%s: tensor %r: data offsets do not match its shape/dtype or the file size" % (file, name))
+        infos.append(TensorInfo(name, shape, dt, file, start, end - begin))
     return infos
 
 
