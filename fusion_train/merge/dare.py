@@ -22,8 +22,8 @@ def random_drop(delta: torch.Tensor, density: float, rescale: bool, generator: O
         return delta
     if density <= 0:
         return torch.zeros_like(delta)
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=torch.float32) < density
-    kept = delta * keep
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=torch.float32)
+    kept = torch.where(keep < density, delta, 0.0)
     return rescale_l1(delta, kept) if rescale else kept
 
 

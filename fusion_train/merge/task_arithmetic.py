@@ -24,8 +24,8 @@ Sparsifier = Callable[[torch.Tensor, float, bool, Optional[torch.Generator]], to
 
 def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Scale ``kept`` (a masked ``delta``) so its L1 norm matches ``delta``'s (mergekit's rescale)."""
-    before = delta.abs().sum()
-    after = kept.abs().sum()
+    before = torch.linalg.vector_norm(delta, ord=1)
+    after = torch.linalg.vector_norm(kept, ord=1)
     if before < eps or after < eps:
         return kept
     return kept * (before / after)
