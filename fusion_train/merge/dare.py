@@ -13,18 +13,25 @@ from typing import Optional
 import torch
 
 from fusion_train.merge.registry import MergeMethod, TensorTask, register
-from fusion_train.merge.task_arithmetic import generalized_task_arithmetic, gta_params, rescale_l1
+from fusion_train.merge.task_arithmetic import generalized_task_arithmetic, gta_params
 
 
 def random_drop(delta: torch.Tensor, density: float, rescale: bool, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Keep each entry with probability ``density`` (Bernoulli mask), optionally L1-rescaled."""
+    """Keep each entry with probability ``density`` (Bernoulli mask), optionally L1-rescaled.
+    Works in place on ``delta`` (callers pass their own scratch copy) and returns it."""
     if density >= 1:
         return delta
     if density <= 0:
-        return torch.zeros_like(delta)
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=torch.float32)
-    kept = torch.where(keep < density, delta, 0.0)
-    return rescale_l1(delta, kept) if rescale else kept
+        return delta.zero_()
+    before = torch.linalg.vector_norm(delta, ord=1) if rescale else None
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype)
+    delta.mul_(torch.lt(keep, density, out=keep))  # keep becomes the 0/1 mask
+    del keep
+    if before is not None:
+        after = torch.linalg.vector_norm(delta, ord=1)
+        if before >= 1e-7 and after >= 1e-7:  # mergekit's rescale, same thresholds
+            delta.mul_(before / after)
+    return delta
 
 
 @register

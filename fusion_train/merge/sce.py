@@ -74,7 +74,7 @@ def _erase_merge(deltas: torch.Tensor, eta, total: torch.Tensor, clamp: bool) ->
         den.add_(keep, alpha=eta[j])
     if clamp:
         return num.div_(den.clamp_(min=1e-6))
-    den[den == 0] = 1
+    den.masked_fill_(den == 0, 1)
     return num.div_(den)
 
 
@@ -85,7 +85,7 @@ def sce_mergekit(base: torch.Tensor, deltas: torch.Tensor, tau: float) -> torch.
     energy = [float(torch.dot(deltas[j].reshape(-1), deltas[j].reshape(-1))) / max(deltas[j].numel(), 1) for j in range(n)]
     total = sum(energy)
     eta = [1.0 / n] * n if abs(total) < 1e-6 else [e / total for e in energy]
-    return base + _erase_merge(deltas, eta, deltas.sum(dim=0), clamp=True)
+    return _erase_merge(deltas, eta, deltas.sum(dim=0), clamp=True).add_(base)
 
 
 def sce_fusechat(base: torch.Tensor, deltas: torch.Tensor, tau: float) -> torch.Tensor:
@@ -100,7 +100,7 @@ def sce_fusechat(base: torch.Tensor, deltas: torch.Tensor, tau: float) -> torch.
         energy = [float(torch.dot(deltas[j].reshape(-1), deltas[j].reshape(-1))) / max(deltas[j].numel(), 1) for j in range(n)]
     total = sum(energy)
     eta = [1.0 / n] * n if total == 0 else [e / total for e in energy]
-    return base + _erase_merge(deltas, eta, deltas.sum(dim=0), clamp=False)
+    return _erase_merge(deltas, eta, deltas.sum(dim=0), clamp=False).add_(base)
 
 
 @register

@@ -18,7 +18,7 @@ import torch
 
 from fusion_train.merge.registry import PER_MODEL, SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas
 
-# A sparsifier maps (delta, density, rescale, generator) -> sparsified delta (same shape).
+# A sparsifier maps (delta, density, rescale, generator) -> sparsified delta (same shape; may work in place).
 Sparsifier = Callable[[torch.Tensor, float, bool, Optional[torch.Generator]], torch.Tensor]
 
 
@@ -46,7 +46,9 @@ def generalized_task_arithmetic(task: TensorTask, *, consensus: bool, sparsify: 
         if sparsify is not None:
             make_gen = task.extra.get("make_generator")
             gen = make_gen(j) if make_gen is not None else None
-            deltas[j] = sparsify(deltas[j], float(mp["density"]), bool(task.params["rescale"]), gen)
+            sparse = sparsify(deltas[j], float(mp["density"]), bool(task.params["rescale"]), gen)
+            if sparse.data_ptr() != deltas[j].data_ptr():
+                deltas[j] = sparse
         deltas[j].mul_(weights[j])
     if consensus:
         elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
@@ -59,7 +61,7 @@ def generalized_task_arithmetic(task: TensorTask, *, consensus: bool, sparsify: 
             torch.gt(torch.mul(d, elected, out=scratch), 0, out=keep)  # sign(d) == elected sign, d != 0
             mixed.add_(torch.mul(d, keep, out=scratch))
             divisor.add_(keep, alpha=weights[j])
-        divisor[divisor == 0] = 1
+        divisor.masked_fill_(divisor == 0, 1)
     else:
         mixed = deltas.sum(dim=0)
         total = sum(weights)
@@ -70,7 +72,7 @@ def generalized_task_arithmetic(task: TensorTask, *, consensus: bool, sparsify: 
     lam = float(task.params["lambda"])
     if lam != 1:
         mixed *= lam
-    return base + mixed
+    return mixed.add_(base)
 
 
 def gta_params(*, normalize: bool, rescale: bool, density: bool) -> tuple:
