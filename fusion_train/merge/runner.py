@@ -1,0 +1,284 @@
+"""Run a merge: validate inputs, plan the output, stream tensors through a method, publish atomically.
+
+Flow (one direction): open readers (headers only) -> check architectures, tensor names, shapes ->
+plan output shards -> optional statistics pass (VaRM model/layer) -> for each output shard, for
+each tensor: read it from every input (memory-mapped), fp32 on the device, NaN/Inf check, merge,
+cast, append to the shard file -> index + side files -> rename the temp folder to ``out``.
+
+The work happens in ``<out parent>/.<out name>.merge-tmp``; each finished shard is renamed from
+``.part``. Re-running the same merge after an interruption resumes: finished shards are kept when
+the plan fingerprint (config, options, input file sizes and mtimes) is unchanged.
+
+Embedding / lm_head size policy (``vocab_policy``): tensors whose names contain ``embed`` or
+``lm_head`` (or ``wte``/``embed_out``) may differ between models only in their first (vocabulary)
+dimension. ``refuse`` (default) stops with an error; ``truncate`` uses the first ``V_base`` rows of
+every model that has more rows (what FuseChat's code does) and still refuses models with fewer.
+Any other shape difference is always an error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from fusion_train.merge.config import MergeConfig
+from fusion_train.merge.io import CheckpointReader, ShardWriter, copy_side_files, parse_dtype, plan_shards, write_index
+from fusion_train.merge.registry import MergeMethod, TensorTask
+from fusion_train.merge.varm import layer_of
+from tokalign.errors import TokalignError
+
+VOCAB_POLICIES = ("refuse", "truncate")
+_VOCAB_TENSOR = re.compile(r"(embed|lm_head|(^|\.)wte\.|embed_out)")
+PLAN_FILE = "merge-plan.json"
+CONFIG_FILE = "fusion_merge.json"
+
+
+@dataclass
+class MergeOptions:
+    """Execution options (none of them changes the math except ``seed`` for DARE)."""
+
+    device: str = "cpu"
+    max_shard_bytes: int = 2_000_000_000
+    overwrite: bool = False
+    vocab_policy: str = "refuse"
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class MergeSummary:
+    """What a merge did; ``line()`` is the one-line CLI summary."""
+
+    method: str
+    out: str
+    n_models: int
+    n_tensors: int
+    n_merged: int
+    n_params: int
+    n_shards: int
+    bytes_written: int
+    seconds: float
+    device: str
+    resumed_shards: int = 0
+    truncated: List[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        extra = ", resumed %d shard(s)" % self.resumed_shards if self.resumed_shards else ""
+        return ("merged %d models with %s: %d tensors (%d merged, %.1fM params) -> %s (%d shard(s), %.1f MB) "
+                "in %.1fs on %s%s" % (self.n_models, self.method, self.n_tensors, self.n_merged, self.n_params / 1e6,
+                                      self.out, self.n_shards, self.bytes_written / 1e6, self.seconds, self.device, extra))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _arch(reader: CheckpointReader) -> Tuple[Any, Any]:
+    cfg = reader.config or {}
+    return (tuple(cfg.get("architectures") or ()), cfg.get("model_type"))
+
+
+def _check_inputs(ref: CheckpointReader, ref_label: str, others: List[Tuple[str, CheckpointReader]],
+                  policy: str) -> Dict[Tuple[int, str], int]:
+    """Architecture, tensor-name and shape checks. Returns {(model index, name): rows to keep}
+    for vocabulary tensors truncated under the ``truncate`` policy."""
+    truncate: Dict[Tuple[int, str], int] = {}
+    ref_arch = _arch(ref)
+    for j, (label, reader) in enumerate(others):
+        arch = _arch(reader)
+        if ref.config is not None and reader.config is not None and arch != ref_arch:
+            raise TokalignError("%s: architecture %s/%s differs from %s (%s/%s); only models of one architecture merge"
+                                % (label, list(arch[0]), arch[1], ref_label, list(ref_arch[0]), ref_arch[1]))
+        missing = [n for n in ref.infos if n not in reader.infos]
+        if missing:
+            raise TokalignError("%s: lacks tensor %r present in %s (%d missing)" % (label, missing[0], ref_label, len(missing)))
+        extra = [n for n in reader.infos if n not in ref.infos]
+        if extra:
+            raise TokalignError("%s: has tensor %r absent from %s (%d extra)" % (label, extra[0], ref_label, len(extra)))
+        for name, info in ref.infos.items():
+            shape = reader.infos[name].shape
+            if shape == info.shape:
+                continue
+            vocab_like = (_VOCAB_TENSOR.search(name) is not None and len(shape) == len(info.shape)
+                          and len(shape) >= 1 and shape[1:] == info.shape[1:])
+            if not vocab_like:
+                raise TokalignError("%s: tensor %r has shape %s but %s has %s (models of different sizes cannot merge)"
+                                    % (label, name, list(shape), ref_label, list(info.shape)))
+            if policy == "refuse":
+                raise TokalignError("%s: vocabulary tensor %r has %d rows but %s has %d; resize the vocabularies to match, "
+                                    "or pass --vocab-policy truncate to keep the first %d rows"
+                                    % (label, name, shape[0], ref_label, info.shape[0], info.shape[0]))
+            if shape[0] < info.shape[0]:
+                raise TokalignError("%s: vocabulary tensor %r has %d rows, fewer than %s's %d (cannot truncate up)"
+                                    % (label, name, shape[0], ref_label, info.shape[0]))
+            truncate[(j, name)] = info.shape[0]
+    return truncate
+
+
+def _fingerprint(cfg: MergeConfig, opts: MergeOptions, readers: List[CheckpointReader], plan_files: List[str]) -> str:
+    files = []
+    for r in readers:
+        for f in sorted({i.file for i in r.infos.values()}):
+            st = f.stat()
+            files.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    blob = json.dumps({"config": cfg.to_dict(), "seed": opts.seed, "policy": opts.vocab_policy,
+                       "shard_bytes": opts.max_shard_bytes, "files": files, "shards": plan_files}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _tensor_seed(seed: int, name: str, j: int) -> int:
+    digest = hashlib.sha256(("%d\0%s\0%d" % (seed, name, j)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TokalignError("%s: exists and is not a folder" % out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TokalignError("%s: output folder is not empty (pass --overwrite to replace it)" % out)
+
+
+def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = None) -> MergeSummary:
+    """Merge the models of ``cfg`` into ``out`` (sharded safetensors + base's config/tokenizer)."""
+    opts = opts or MergeOptions()
+    if opts.vocab_policy not in VOCAB_POLICIES:
+        raise TokalignError("--vocab-policy: must be one of %s, got %r" % (", ".join(VOCAB_POLICIES), opts.vocab_policy))
+    out = Path(out)
+    _prepare_out(out, opts.overwrite)
+    t0 = time.perf_counter()
+    device = torch.device(opts.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TokalignError("--device %s: CUDA is not available in this torch build / machine" % opts.device)
+
+    method_cls = cfg.method_class()
+    method: MergeMethod = method_cls(cfg.shared_values("", 0.0))
+    base_reader = CheckpointReader(cfg.base) if cfg.base is not None else None
+    model_readers = [CheckpointReader(m.path) for m in cfg.models]
+    ref = base_reader if base_reader is not None else model_readers[0]
+    ref_label = "base_model %s" % cfg.base if base_reader is not None else "models[0] %s" % cfg.models[0].path
+    truncate = _check_inputs(ref, ref_label, [("models[%d] %s" % (j, m.path), r) for j, (m, r) in
+                                              enumerate(zip(cfg.models, model_readers))], opts.vocab_policy)
+    out_dtype = parse_dtype(cfg.out_dtype, "dtype") if cfg.out_dtype else None
+
+    def target_dtype(dt: torch.dtype) -> torch.dtype:
+        return out_dtype if (out_dtype is not None and dt.is_floating_point) else dt
+
+    entries = [(name, info.shape, target_dtype(info.dtype)) for name, info in ref.infos.items()]
+    shards = plan_shards(entries, opts.max_shard_bytes)
+    n_layers = int((ref.config or {}).get("num_hidden_layers") or 0) or (
+        max([layer_of(n) for n in ref.infos if layer_of(n) is not None], default=-1) + 1)
+
+    # temp folder next to out; resume if the plan is unchanged
+    tmp = out.parent / (".%s.merge-tmp" % out.name)
+    all_readers = ([base_reader] if base_reader else []) + model_readers
+    fp = _fingerprint(cfg, opts, all_readers, [s.file_name for s in shards])
+    plan_path = tmp / PLAN_FILE
+    resumed = 0
+    if tmp.is_dir():
+        try:
+            same = json.loads(plan_path.read_text()).get("fingerprint") == fp
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text(json.dumps({"fingerprint": fp, "config": cfg.to_dict()}, default=str))
+
+    def depth(name: str) -> float:
+        layer = layer_of(name)
+        return layer / (n_layers - 1) if (layer is not None and n_layers > 1) else 0.0
+
+    def load(reader: CheckpointReader, label: str, name: str, rows: Optional[int] = None) -> torch.Tensor:
+        t = reader.get(name)
+        if rows is not None:
+            t = t[:rows]
+        t = t.to(device=device, dtype=torch.float32)
+        # a NaN/Inf makes the sum non-finite: one fast reduction, the exact check only then
+        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+            raise TokalignError("%s: tensor %r contains NaN or Inf values" % (label, name))
+        return t
+
+    def make_task(name: str) -> TensorTask:
+        t = depth(name)
+        base_t = load(base_reader, "base_model %s" % cfg.base, name) if (base_reader is not None and method_cls.uses_base) else None
+        models = [load(r, "models[%d] %s" % (j, cfg.models[j].path), name, truncate.get((j, name)))
+                  for j, r in enumerate(model_readers)]
+        task = TensorTask(name=name, base=base_t, models=models,
+                          model_params=[cfg.model_values(j, name, t) for j in range(len(models))],
+                          params=cfg.shared_values(name, t), seed=opts.seed, layer=layer_of(name))
+
+        def make_generator(j: int) -> torch.Generator:
+            g = torch.Generator(device=device)
+            g.manual_seed(_tensor_seed(opts.seed, name, j))
+            return g
+
+        task.extra["make_generator"] = make_generator
+        return task
+
+    from tqdm.auto import tqdm
+
+    float_names = [n for n, info in ref.infos.items() if info.dtype.is_floating_point]
+    if getattr(method, "needs_statistics", False):
+        for name in tqdm(float_names, desc="merge: statistics", unit="tensor", disable=not opts.progress):
+            method.observe(make_task(name))
+
+    n_merged = n_params = written = 0
+    bar = tqdm(total=len(entries), desc="merge: %s" % cfg.method, unit="tensor", disable=not opts.progress)
+    try:
+        for shard in shards:
+            if (tmp / shard.file_name).is_file():
+                resumed += 1
+                bar.update(len(shard.entries))
+                written += shard.nbytes
+                n_params += sum(int(torch.Size(s).numel()) for _, s, _ in shard.entries)
+                n_merged += sum(1 for n, _, _ in shard.entries if ref.infos[n].dtype.is_floating_point)
+                continue
+            with ShardWriter(tmp, shard) as writer:
+                for name, shape, dtype in shard.entries:
+                    if ref.infos[name].dtype.is_floating_point:
+                        merged = method.merge(make_task(name))
+                        n_merged += 1
+                    else:  # integer buffers are not merged: copied from the reference
+                        merged = ref.get(name)
+                    writer.add(name, merged.to(dtype))
+                    n_params += merged.numel()
+                    bar.update(1)
+                    del merged
+            written += shard.nbytes
+    finally:
+        bar.close()
+        for r in all_readers:
+            r.close()
+
+    write_index(tmp, shards)
+    copy_side_files(ref.path, tmp, out_dtype)
+    seconds = time.perf_counter() - t0
+    summary = MergeSummary(method=cfg.method, out=str(out), n_models=len(cfg.models), n_tensors=len(entries),
+                           n_merged=n_merged, n_params=n_params, n_shards=len(shards), bytes_written=written,
+                           seconds=round(seconds, 3), device=str(device), resumed_shards=resumed,
+                           truncated=sorted({n for _, n in truncate}))
+    (tmp / CONFIG_FILE).write_text(json.dumps({"config": cfg.to_dict(), "options": asdict(opts),
+                                               "summary": summary.to_dict()}, indent=2, default=str) + "\n")
+    plan_path.unlink()
+    _publish(tmp, out)
+    return summary
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` (the old folder, if any, is removed only after the rename)."""
+    old = None
+    if out.exists():
+        old = out.parent / (".%s.merge-old" % out.name)
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
