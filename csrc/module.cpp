@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
     tokalign::bind_vocab(m);
     tokalign::bind_stats(m);
     tokalign::bind_remap(m);
+    tokalign::bind_merge(m);
 }
