@@ -436,7 +436,7 @@ std::vector<PairState> dtw_batch(DtwTable& tp, const std::vector<std::vector<int
             std::vector<int64_t> poff, soff, dcell, doff, cbase, poff_path;
             std::vector<uint8_t> full;
             int64_t cell_total = 0, path_total = 0;
-            int32_t max_n = 0;
+            int32_t max_n = 0, max_width = 0;
             for (size_t r = at; r < end; ++r) {
                 const size_t k = run[r];
                 const int32_t n = int32_t(P[k].size()), m = int32_t(S[k].size());
@@ -448,7 +448,9 @@ std::vector<PairState> dtw_batch(DtwTable& tp, const std::vector<std::vector<int
                 mm.push_back(m);
                 doff.push_back(int64_t(dlo.size()));
                 cbase.push_back(cell_total);
+                const size_t first = dlo.size();
                 cell_total += diagonal_ranges(bands[k], n, m, dlo, dhi, dcell);
+                for (size_t e = first; e < dlo.size(); ++e) max_width = std::max(max_width, dhi[e] - dlo[e]);
                 full.push_back(st[k].full ? 1 : 0);
                 poff_path.push_back(path_total);
                 path_total += int64_t(n) + m - 1;
@@ -474,6 +476,7 @@ std::vector<PairState> dtw_batch(DtwTable& tp, const std::vector<std::vector<int
             L.cells_total = cell_total;
             L.path_total = path_total;
             L.max_n = max_n;
+            L.max_width = max_width;
             L.tie = tie;
             std::vector<int32_t> status(size_t(L.count)), cost(size_t(L.count)), plen(size_t(L.count));
             std::vector<int32_t> path(size_t(path_total) * 2);

@@ -99,6 +99,7 @@ struct DtwLaunch {
     const int64_t* path_off = nullptr;    // [count] capacity n+m-1 per pair
     int64_t ids_total_p = 0, ids_total_s = 0, diag_total = 0, cells_total = 0, path_total = 0;
     int32_t max_n = 0;
+    int32_t max_width = 0;  // most cells on one diagonal: sets the block size (32..128 threads)
     int tie = 0;
 };
 

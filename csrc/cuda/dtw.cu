@@ -11,13 +11,15 @@
 // widening). D values are int32 here; the host only sends pairs whose worst cost fits.
 #include "cuda_api.h"
 #include "cuda_util.cuh"
+#include <algorithm>
+
 #include "dtw_wavefront.h"
 
 namespace tokalign {
 namespace cuda {
 namespace {
 
-constexpr int kDtwThreads = 128;
+constexpr int kDtwThreads = 128;  // the most threads per block; narrow bands use fewer
 
 struct TableOwner {
     DeviceBuffer<uint32_t> raw, str;
@@ -69,7 +71,7 @@ __global__ void __launch_bounds__(kDtwThreads) dtw_kernel(TableView tp, TableVie
     for (int d = 0; d < diagonals; ++d) {
         const int lo = dlo[d], hi = dhi[d];
         uint8_t* mrow = mv + dcell[d] - lo;
-        for (int i = lo + int(threadIdx.x); i < hi; i += kDtwThreads) {
+        for (int i = lo + int(threadIdx.x); i < hi; i += int(blockDim.x)) {
             if (!wave_cell(i, d, lo1, hi1, lo2, hi2, p1, p2, tp, pid, ts, sid, tie, cur, mrow)) needs_cpu = 1;
         }
         __syncthreads();
@@ -150,7 +152,9 @@ float dtw_run(const void* pivot_table, const void* source_table, const DtwLaunch
           "cudaFuncSetAttribute(dtw)");
     EventTimer timer;
     timer.start();
-    dtw_kernel<<<in.count, kDtwThreads, smem>>>(tp->view(), ts->view(), L, moves.get(), status.get(), cost.get(),
+    // A band of ~30 cells per diagonal would leave most of 128 threads idle at every barrier.
+    const int threads = std::min(kDtwThreads, std::max(32, (in.max_width + 31) / 32 * 32));
+    dtw_kernel<<<in.count, threads, smem>>>(tp->view(), ts->view(), L, moves.get(), status.get(), cost.get(),
                                                 plen.get(), path.get());
     check(cudaGetLastError(), "dtw_kernel launch");
     const float ms = timer.stop_ms();
