@@ -50,13 +50,22 @@ __all__ = ["Alignment", "TokenTable", "dtw", "span", "batch", "KINDS"]
 KINDS = ("1:1", "1:n", "n:1", "n:m")
 _TIE_BREAKS = {"fusechat": 0, "pivot_first": 0, "source_first": 1}
 
-TokenTable = _core.TokenTable
-TokenTable.__doc__ = (
-    "TokenTable(tokens, weights=None): a vocabulary's token strings converted to code points once in C++ "
-    "(index = token id; None counts as an empty string). Optional integer weights (one per token) drive the "
-    "DTW band; pass the UTF-8 byte length of each token's text when known (tok.token_texts()), otherwise an "
-    "approximation from the strings is used."
-)
+
+
+class TokenTable(_core.TokenTable):
+    """TokenTable(tokens, weights=None): a vocabulary's token strings converted to code points once in C++
+    (index = token id; None counts as an empty string). Optional integer weights (one per token) drive the
+    DTW band; pass the UTF-8 byte length of each token's text when known (tok.token_texts()), otherwise an
+    approximation from the strings is used. The strings are kept (``tokens``) so that ``device="cuda"`` can
+    build the GPU copy of the table on first use."""
+
+    def __init__(self, tokens: Sequence[Optional[str]], weights: Optional[Sequence[int]] = None):
+        tokens = list(tokens)
+        super().__init__(tokens, weights)
+        self.tokens: List[Optional[str]] = tokens
+        self.weights: Optional[List[int]] = None if weights is None else [int(w) for w in weights]
+        self._cuda_table = None  # tokalign._cuda.DtwTable, made by tokalign.cuda_ops on first use
+
 
 BandArg = Union[None, str, int]
 
@@ -281,9 +290,14 @@ def batch(pivot_ids: Optional[Sequence] = None, source_ids: Optional[Sequence] =
           pivot_table: Optional["TokenTable"] = None, source_table: Optional["TokenTable"] = None,
           method: str = "dtw", band: BandArg = "auto", tie_break: str = "fusechat",
           pivot_offsets: Optional[Sequence] = None, source_offsets: Optional[Sequence] = None,
-          num_threads: int = 0) -> List[Alignment]:
+          num_threads: int = 0, device: str = "cpu") -> List[Alignment]:
     """Aligns many pairs in C++ with the GIL released, pairs spread over ``num_threads`` OpenMP
     threads (0 = all cores).
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``; see :mod:`tokalign.device`): with ``"cuda"``
+    ``method="dtw"`` runs on the GPU (``tokalign._cuda``), giving the same paths and costs as the
+    CPU (pairs the GPU does not take run on the CPU in the same call; docs/cuda.md). Span
+    alignment is O(n + m) and always runs on the CPU.
 
     ``method="dtw"``: ``pivot_ids[k]``/``source_ids[k]`` are integer id arrays looked up in
     ``pivot_table``/``source_table`` (:class:`TokenTable`, built once per vocabulary), or lists of
@@ -325,5 +339,12 @@ def batch(pivot_ids: Optional[Sequence] = None, source_ids: Optional[Sequence] =
         pt, st = pivot_table, source_table
         pids = [_ids(s, pt, "pivot", k) for k, s in enumerate(pivot_ids)]
         sids = [_ids(s, st, "source", k) for k, s in enumerate(source_ids)]
-    raws = _call(_core.dtw_batch, pt, pids, st, sids, tie, code, int(num_threads))
+    from .device import resolve_device
+
+    if resolve_device(device) == "cuda" and (getattr(pt, "tokens", None) is not None or device == "cuda"):
+        from .cuda_ops import dtw_batch as _dtw_batch_cuda
+
+        raws, _ = _dtw_batch_cuda(pt, pids, st, sids, tie, code, int(num_threads))
+    else:
+        raws = _call(_core.dtw_batch, pt, pids, st, sids, tie, code, int(num_threads))
     return [Alignment(r, "dtw") for r in raws]

@@ -31,10 +31,12 @@ class BuildOptions:
     skip_bad: bool = False
     tie_break: str = "fusechat"
     band: object = "auto"
+    device: str = "auto"  # dtw: "auto" | "cpu" | "cuda" (tokalign.device); results are identical
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
         d["shard"] = "%d/%d" % self.shard
+        d.pop("device")  # where it ran does not change the counts; meta.json stays reproducible
         return d
 
 
@@ -90,7 +92,11 @@ def build_stats(pivot, source, corpus: Sequence[str] | str, options: BuildOption
     items = _Items(pc, sc, options.shard)
     acc = StatsAccumulator(pivot.vocab_size, source.vocab_size)
     tables = None
+    device = "cpu"
     if options.method == "dtw":
+        from .device import resolve_device
+
+        device = resolve_device(options.device)  # --device cuda without a GPU fails here, before any work
         tables = (_align.TokenTable(pivot.raw_tokens()), _align.TokenTable(source.raw_tokens()))
     skipped_empty = 0
     bar = None
@@ -111,13 +117,13 @@ def build_stats(pivot, source, corpus: Sequence[str] | str, options: BuildOption
         if options.method == "dtw":
             alns = _align.batch([e.ids for e in penc], [e.ids for e in senc], pivot_table=tables[0],
                                 source_table=tables[1], method="dtw", band=options.band,
-                                tie_break=options.tie_break)
+                                tie_break=options.tie_break, device=device)
         elif sc is None:
             alns = _align.batch(method="span", pivot_offsets=[e.offsets for e in penc],
                                 source_offsets=[e.offsets for e in senc])
         else:  # different renderings: diff the texts, DTW over the differing stretches
             alns = [_align.span(pe.offsets, se.offsets, pivot_text=pitems[k].text, source_text=sitems[k].text,
-                                tie_break=options.tie_break)
+                                tie_break=options.tie_break, device=device)
                     for k, pe, se in zip(keep, penc, senc)]
         acc.add([e.ids for e in penc], [e.ids for e in senc], [a.groups for a in alns])
         if bar is not None:

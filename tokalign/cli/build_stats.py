@@ -8,6 +8,8 @@ EPILOG = """examples:
   # scale out: 4 shards, then sum them
   for i in 0 1 2 3; do tokalign build-stats ... --shard $i/4 --out stats-$i/; done
   tokalign merge-stats stats-0 stats-1 stats-2 stats-3 --out stats/
+  # FuseChat DTW on the GPU (same counts as on the CPU; needs tokalign._cuda, docs/cuda.md)
+  tokalign build-stats --pivot openchat --source qwen2 --method dtw --device cuda --out stats-dtw/
 
 writes OUT/stats.npz (scipy.sparse CSR int64, pivot_vocab x source_vocab) and OUT/meta.json;
 the same inputs always give a byte-identical stats.npz.
@@ -24,6 +26,9 @@ def register(sub):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", choices=["span", "dtw"], default="span",
                    help="span: exact alignment from character offsets (default); dtw: FuseChat's DP")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where --method dtw runs: auto (GPU when tokalign._cuda and a device are available, "
+                        "default), cpu or cuda; span always runs on the CPU")
     p.add_argument("--template", choices=["plain", "chat"], default="plain",
                    help="render messages as plain concatenation (default) or with each side's chat template")
     p.add_argument("--assistant-only", action="store_true", help="align only assistant turns (FuseChat)")
@@ -45,7 +50,11 @@ def run(args) -> int:
     prepare_out_dir(args.out, args.overwrite)  # fail before the long run, not after
     opts = BuildOptions(method=args.method, template=args.template, assistant_only=args.assistant_only,
                         max_chars=args.max_chars, shard=parse_shard(args.shard), batch_size=args.batch_size,
-                        skip_bad=args.skip_bad)
+                        skip_bad=args.skip_bad, device=args.device)
+    if args.method == "dtw":
+        from ..device import resolve_device
+
+        resolve_device(args.device)  # a one-line error for --device cuda without a GPU, before loading anything
     pivot, source = load_pair(args)
     stats = build_stats(pivot, source, args.corpus, opts, progress=not args.no_progress)
     stats.save(args.out, overwrite=args.overwrite)

@@ -14,6 +14,8 @@ EPILOG = """examples:
   tokalign vocab-map --pivot openchat-3.5 --source mistral-tekken --method em --out maps/em/
   # minimum edit distance, the 3 nearest pivot tokens weighted 1/(1+d)
   tokalign vocab-map --pivot openchat-3.5 --source qwen2 --method mined --top-n 3 --out maps/mined3/
+  # the same MinED search on the GPU (identical results; needs tokalign._cuda, docs/cuda.md)
+  tokalign vocab-map --pivot openchat-3.5 --source mistral-tekken --method mined --device cuda --out maps/mined/
   # FuseChat's statistics-based map; unseen tokens fall back to MinED
   tokalign vocab-map --pivot openchat-3.5 --source internlm2 --method ms --stats stats/ \\
       --variant fusechat --fallback mined --out maps/ms/ --json
@@ -40,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top-n", type=int, default=None, metavar="N", help="mined: keep the N nearest; ms soft: keep the N largest counts")
     p.add_argument("--weighting", choices=("inverse", "uniform"), default="inverse", help="mined top-n weights (default 1/(1+d))")
     p.add_argument("--fallback", choices=("mined", "em", "unk", "none"), default="mined", help="ms: tokens never seen in the corpus (default mined)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where --method mined runs: auto (GPU when tokalign._cuda and a device are available, default), cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="native threads (default: all)")
     p.add_argument("--tokenizer-dir", metavar="DIR", default=None, help="folder holding tokenizer aliases")
     p.add_argument("--trust-remote-code", action="store_true", help="allow tokenizer code from the hub (off by default)")
@@ -64,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "ms" and args.top_n is not None and args.variant != "soft":
         raise TokalignError("--top-n applies to --method ms only with --variant soft")
 
+    device = "cpu"
+    if args.method == "mined":
+        from ..device import resolve_device
+
+        device = resolve_device(args.device)  # --device cuda without a GPU: one-line error before any work
+
     started = time.time()
     load = lambda name: tokalign.load_tokenizer(  # noqa: E731
         name, tokenizer_dir=args.tokenizer_dir, trust_remote_code=args.trust_remote_code
@@ -73,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "em":
         vm = vocab.em(pivot, source)
     elif args.method == "mined":
-        vm = vocab.mined(pivot, source, top_n=args.top_n or 1, weighting=args.weighting, threads=args.threads, progress=progress)
+        vm = vocab.mined(pivot, source, top_n=args.top_n or 1, weighting=args.weighting, threads=args.threads, progress=progress,
+                        device=device)
     else:
         stats, stats_meta = vocab.load_stats(args.stats, pivot, source)
         vm = vocab.ms(

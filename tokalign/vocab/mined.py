@@ -17,6 +17,9 @@ initial bound; buckets are scanned outward from the source length (the length di
 the distance, so the scan stops once it exceeds the worst kept distance); a character-signature
 lower bound; then a bit-parallel (Myers/Hyyro) Levenshtein with early exit. OpenMP over source
 tokens, GIL released.
+
+``device="cuda"`` (or ``"auto"`` with a GPU) runs the same exact search on the GPU
+(``tokalign._cuda``, one warp per source token; docs/cuda.md) with identical results and ties.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ def search(
     threads: int = 0,
     progress: bool = False,
     chunk: int = 16384,
+    device: str = "cpu",
 ) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]:
     """Raw MinED search.
 
@@ -46,7 +50,8 @@ def search(
         query: bool (source_vocab,) of source tokens to search; default: all ordinary tokens.
         top_n: results per source token.
         threads: OpenMP threads (0: all).
-        progress: tqdm bar over chunks of source tokens.
+        progress: tqdm bar over chunks of source tokens (CPU path).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (:func:`tokalign.device.resolve_device`).
 
     Returns:
         ids, dists: int32 (source_vocab, top_n), -1 where empty; stats: counters of the search
@@ -59,6 +64,14 @@ def search(
     if query is None:
         query = ~C.special_mask(source)
     query = np.asarray(query, dtype=bool)
+    from ..device import resolve_device
+
+    if resolve_device(device) == "cuda":
+        from ..cuda_ops import mined_search as _mined_cuda
+
+        cand = ~C.special_mask(pivot)
+        ids, dists, gstats = _mined_cuda(p_texts, cand, C.preference_rank(pivot), s_texts, query, top_n, threads)
+        return ids, dists, gstats
     index = C.core().MinEDIndex(p_texts, ~C.special_mask(pivot), C.preference_rank(pivot))
     n = len(s_texts)
     ids = np.full((n, top_n), -1, dtype=np.int32)
@@ -117,12 +130,13 @@ def build(
     weighting: str = "inverse",
     threads: int = 0,
     progress: bool = False,
+    device: str = "cpu",
 ) -> VocabMap:
     """MinED vocabulary map ``source -> pivot`` (see module docstring)."""
     C.check_tokenizer(pivot, "pivot")
     C.check_tokenizer(source, "source")
     weights_for(np.zeros(1), weighting)  # validates the name early
-    ids, dists, stats = search(pivot, source, top_n=top_n, threads=threads, progress=progress)
+    ids, dists, stats = search(pivot, source, top_n=top_n, threads=threads, progress=progress, device=device)
     b = C.MapBuilder(pivot, source)
     add_rows(b, ids, dists, "exact", "mined", weighting)
     pairs = C.special_pairs(pivot, source)

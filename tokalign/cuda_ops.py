@@ -1,0 +1,109 @@
+"""GPU versions of the two heaviest kernels, with the CPU core as fallback for what they do not take.
+
+* :func:`dtw_batch` -- batched FuseChat DTW (``tokalign._cuda.dtw_batch``): the same band, the
+  same widening rule, the same cost and tie-break as ``tokalign._core.dtw_batch``, so every path
+  and cost is identical. Pairs the GPU does not take (empty, pivot longer than
+  ``_cuda.DTW_MAX_PIVOT`` tokens, more band cells than ``max_cells``, or a cell comparing two tokens
+  both longer than 64 code points) run on the CPU core in the same call.
+* :func:`mined_search` -- all-pairs MinED (``tokalign._cuda.mined_search``), the CPU index's result
+  order (distance, |length difference|, rank, id) and exact-match short-circuit. Queries longer
+  than ``_cuda.MINED_MAX_QUERY_UNITS`` units, or ``top_n`` above ``_cuda.MINED_MAX_TOP_N``, run on
+  the CPU index.
+
+Callers normally go through ``tokalign.align.batch(..., device=)`` and
+``tokalign.vocab.mined.search(..., device=)``; see docs/cuda.md.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from .device import cuda_module, device_index
+from .errors import TokalignError
+
+__all__ = ["dtw_batch", "mined_search", "DEFAULT_MAX_CELLS"]
+
+DEFAULT_MAX_CELLS = 1 << 28  # move bytes per kernel launch (one byte per band cell)
+
+
+def _cuda_call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise TokalignError("cuda: %s" % exc) from None
+    except RuntimeError as exc:  # CUDA runtime failure (out of memory, launch error)
+        raise TokalignError(str(exc)) from None
+
+
+def _device_table(table: Any) -> Any:
+    """The GPU twin of a :class:`tokalign.align.TokenTable`, built once and kept on the table."""
+    cached = getattr(table, "_cuda_table", None)
+    if cached is not None:
+        return cached
+    tokens = getattr(table, "tokens", None)
+    if tokens is None:
+        raise TokalignError("device='cuda' needs token tables built with tokalign.align.TokenTable "
+                            "(a bare tokalign._core.TokenTable does not keep its strings)")
+    cached = _cuda_call(cuda_module().DtwTable, tokens, getattr(table, "weights", None))
+    table._cuda_table = cached
+    return cached
+
+
+def dtw_batch(pivot_table: Any, pivot_ids: Sequence[np.ndarray], source_table: Any, source_ids: Sequence[np.ndarray],
+              tie: int, band: int, num_threads: int = 0, *,
+              max_cells: int = DEFAULT_MAX_CELLS) -> Tuple[List[dict], Dict[str, Any]]:
+    """Raw DTW results (the dicts of ``tokalign._core.dtw_batch``) for int32 id arrays, computed on
+    the GPU where possible. ``band``: -1 full matrix, 0 auto, > 0 initial radius. Returns
+    (results, stats) with stats["kernel_ms"] (cudaEvent time) and stats["cpu_pairs"]."""
+    mod = cuda_module()
+    gp, gs = _device_table(pivot_table), _device_table(source_table)
+    pids = [np.ascontiguousarray(a, dtype=np.int32) for a in pivot_ids]
+    sids = [np.ascontiguousarray(a, dtype=np.int32) for a in source_ids]
+    results, stats = _cuda_call(mod.dtw_batch, gp, pids, gs, sids, int(tie), int(band), device_index(),
+                                int(max_cells))
+    todo = [k for k, r in enumerate(results) if r is None]
+    cpu = []
+    if todo:
+        cpu = _core.dtw_batch(pivot_table, [pids[k] for k in todo], source_table, [sids[k] for k in todo],
+                              int(tie), int(band), int(num_threads))
+    out: List[dict] = []
+    it = iter(cpu)
+    for k, r in enumerate(results):
+        if r is None:
+            out.append(next(it))
+            continue
+        raw = _core.path_result(r["path_p"], r["path_s"], len(pids[k]), len(sids[k]), int(r["cost"]))
+        raw["band"] = int(r["band"])
+        out.append(raw)
+    stats = dict(stats)
+    stats["pairs"] = len(results)
+    return out, stats
+
+
+def mined_search(pivot_texts: List[bytes], candidate: np.ndarray, rank: np.ndarray, source_texts: List[bytes],
+                 query: np.ndarray, top_n: int, threads: int = 0,
+                 cpu_index: Optional[Any] = None) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """MinED ids / dists (int32 (n_source, top_n), -1 where empty) with the GPU; rows the GPU does
+    not take go to the CPU index (built here unless ``cpu_index`` is given)."""
+    mod = cuda_module()
+    query = np.asarray(query, dtype=bool)
+    if top_n > int(mod.MINED_MAX_TOP_N):
+        index = cpu_index or _core.MinEDIndex(pivot_texts, candidate, rank)
+        ids, dists, st = index.query(source_texts, query, top_n, threads)
+        stats = {k: int(v) for k, v in st.items()}
+        stats.update(device="cpu", reason="top_n > %d" % mod.MINED_MAX_TOP_N)
+        return ids, dists, stats
+    ids, dists, cpu_rows, st = _cuda_call(mod.mined_search, pivot_texts, np.asarray(candidate, dtype=bool),
+                                          np.asarray(rank, dtype=np.int64), source_texts, query, int(top_n),
+                                          device_index())
+    stats: Dict[str, Any] = dict(st)
+    stats["device"] = "cuda"
+    rows = np.flatnonzero(cpu_rows)
+    stats["cpu_rows"] = int(rows.size)
+    if rows.size:
+        index = cpu_index or _core.MinEDIndex(pivot_texts, candidate, rank)
+        ci, cd, _ = index.query([source_texts[k] for k in rows], None, int(top_n), threads)
+        ids[rows], dists[rows] = ci, cd
+    return ids, dists, stats
