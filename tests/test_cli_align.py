@@ -67,3 +67,14 @@ def test_demo_runs_offline_on_embedded_tokenizers(tmp_path, capsys, monkeypatch)
     assert report["maps"]["map-mined"]["coverage"]["unmapped"] < 0.01
     for name in ("stats/stats.npz", "map-ms/map.npz", "report.json", "report.txt"):
         assert (tmp_path / "demo" / name).is_file()
+
+
+def test_device_cuda_without_gpu_is_one_line(capsys):
+    from tokalign.device import cuda_available
+
+    if cuda_available()[0]:
+        pytest.skip("a CUDA device is present")
+    assert main(["align", "--pivot", "openchat", "--source", "openchat", "--text", "x", "--method", "dtw",
+                 "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device cuda" in err

@@ -22,6 +22,8 @@ def register(sub):
     p.add_argument("--method", choices=["span", "dtw"], default="span",
                    help="span: exact, from character offsets (default); dtw: FuseChat's DP over token strings")
     p.add_argument("--band", default="auto", help="dtw band: auto (default), full, or a radius")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where --method dtw runs (auto: the GPU when tokalign._cuda and a device are available)")
     p.add_argument("--json", action="store_true", help="print the alignments as JSON")
     add_tokenizer_options(p)
     p.set_defaults(func=run)
@@ -34,7 +36,11 @@ def _align_one(pivot, source, text, args):
     if args.method == "dtw":
         band = None if args.band == "full" else (int(args.band) if args.band.isdigit() else args.band)
         raw_p, raw_s = pivot.raw_tokens(), source.raw_tokens()
-        a = align.dtw([raw_p[i] for i in pe.ids], [raw_s[i] for i in se.ids], band=band)
+        ptoks, stoks = [raw_p[i] for i in pe.ids], [raw_s[i] for i in se.ids]
+        if args.device_resolved == "cuda":
+            (a,) = align.batch([ptoks], [stoks], band=band if band is not None else "auto", device="cuda")
+        else:
+            a = align.dtw(ptoks, stoks, band=band)
     else:
         a = align.span(pe.offsets, se.offsets)
     ptext, stext = pivot.token_texts(), source.token_texts()
@@ -51,7 +57,9 @@ def _align_one(pivot, source, text, args):
 
 def run(args) -> int:
     from ..corpus import Corpus
+    from ..device import resolve_device
 
+    args.device_resolved = resolve_device(args.device) if args.method == "dtw" else "cpu"
     pivot, source = load_pair(args)
     if args.text is not None:
         texts = [args.text]
