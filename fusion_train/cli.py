@@ -3,11 +3,9 @@
 Each subcommand lives in its own module with ``register(subparsers)``; listed in SUBCOMMANDS.
 """
 import argparse
-import importlib
-import importlib.util
 import sys
 
-from tokalign.errors import TokalignError
+from tokalign.cli.common import dispatch, register_modules
 
 SUBCOMMANDS = {"fuse": "fusion_train.fuse_cli", "merge": "fusion_train.merge.cli"}
 
@@ -26,26 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in SUBCOMMANDS.values():
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(sub)
+    register_modules(sub, SUBCOMMANDS.values())
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except TokalignError as exc:
-        print("fusion-train: error: %s" % exc, file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("fusion-train: interrupted", file=sys.stderr)
-        return 130
+    return dispatch(build_parser(), argv, "fusion-train")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,10 @@ Each module defines ``register(subparsers)`` which adds its parser and sets
 ``func=run`` (``run(args) -> int``). Adding a subcommand touches its own file and one line here.
 """
 import argparse
-import importlib
-import importlib.util
 import sys
 
 from .. import __version__
-from ..errors import TokalignError
+from .common import dispatch, register_modules
 
 # subcommand name -> module under tokalign.cli, in pipeline order
 SUBCOMMANDS = {
@@ -29,7 +27,10 @@ EPILOG = """examples:
   tokalign align --pivot openchat --source internlm2 --text "Hello world"
   tokalign build-stats --pivot openchat --source internlm2 --corpus data.jsonl --out stats/
   tokalign vocab-map --pivot openchat --source internlm2 --method ms --stats stats/ --out map-ms/
-  tokalign report map-ms/ --json
+  tokalign report map-ms/ --stats stats/ --json
+  tokalign dump-logits --model pivot-model/ --data data.jsonl --out pivot.zarr
+  tokalign remap --pivot-store pivot.zarr --source-store source.zarr --map map-ms/ --out remapped.zarr
+  tokalign demo --out tokalign-demo          # the whole alignment pipeline, offline
 aliases resolve via --tokenizer-dir / $TOKALIGN_TOKENIZER_DIR, the local HF cache, then the hub.
 """
 
@@ -43,28 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="tokalign " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
-        full = "tokalign.cli." + module
-        if importlib.util.find_spec(full) is None:
-            continue
-        importlib.import_module(full).register(sub)
+    register_modules(sub, ["tokalign.cli." + module for module in SUBCOMMANDS.values()])
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except TokalignError as exc:
-        print("tokalign: error: %s" % exc, file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("tokalign: interrupted", file=sys.stderr)
-        return 130
+    return dispatch(build_parser(), argv, "tokalign")
 
 
 if __name__ == "__main__":

@@ -27,3 +27,31 @@ def print_json(obj) -> None:
 
 def formatter():
     return argparse.RawDescriptionHelpFormatter
+
+
+def register_modules(subparsers, modules) -> None:
+    """Let each subcommand module that exists add its parser (``register(subparsers)``)."""
+    import importlib
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(subparsers)
+
+
+def dispatch(parser: argparse.ArgumentParser, argv, prog: str) -> int:
+    """Parse, run ``args.func`` and turn user errors into one line on stderr and a non-zero exit."""
+    from ..errors import TokalignError
+
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TokalignError as exc:
+        print("%s: error: %s" % (prog, exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("%s: interrupted" % prog, file=sys.stderr)
+        return 130
