@@ -266,8 +266,13 @@ class RemapTotals:
     retained: float = 0.0
     kinds: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KIND_NAMES.values(), 0))
     align_paths: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(ALIGN_PATHS, 0))
+    #: wall seconds per stage; "read" runs in the prefetch thread (overlapping the others), "wait_read" is
+    #: the main thread waiting for it
     seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("read", "wait_read", "align", "kernel", "write", "total"), 0.0))
+    #: process CPU seconds (all threads) during each main-thread stage; exact per stage without prefetch
+    cpu_seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("wait_read", "align", "kernel", "write", "total"), 0.0))
     chunks_read: Dict[str, int] = field(default_factory=dict)
 
     @property
@@ -314,7 +319,7 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
     ``retained_mass``, ``source_position``, ``remap_valid`` (the caller closes it); ``pivot_bytes`` /
     ``source_bytes``: the two tokenizers' token bytes. ``progress(n)`` is called with the samples done per batch.
     """
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     totals = RemapTotals()
     ids = [str(s) for s in sample_ids]
     if not ids:
@@ -325,7 +330,7 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
     p_fields = ["input_ids", "loss_mask"] + (list(PIVOT_TOPK_FIELDS) if inside == "pivot" else [])
     p_gather = ChunkGather(pivot, p_fields, [p_idx[b] for b in batches], cache_bytes // 4)
     s_gather = ChunkGather(source, SOURCE_FIELDS, [s_idx[b] for b in batches], cache_bytes)
-    sec = totals.seconds
+    sec, cpu = totals.seconds, totals.cpu_seconds
 
     def read(b: int):
         t0 = time.perf_counter()
@@ -337,21 +342,23 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
     try:
         pending = pool.submit(read, 0) if pool else None
         for b, rows in enumerate(batches):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             (pv, p_off), (sv, s_off) = pending.result() if pool else read(b)
-            sec["wait_read"] += time.perf_counter() - t0
+            t1, c1 = time.perf_counter(), time.process_time()
+            sec["wait_read"] += t1 - t0
+            cpu["wait_read"] += c1 - c0
             if pool and b + 1 < len(batches):
                 pending = pool.submit(read, b + 1)
             batch_ids = [ids[i] for i in rows.tolist()]
 
-            t0 = time.perf_counter()
             try:
                 groups, g_off, path = align_packed(pivot_bytes, pv["input_ids"], p_off, source_bytes, sv["input_ids"],
                                                    s_off, max_diff=max_diff, threads=threads)
             except TokalignError as exc:
                 raise _sample_error(exc, batch_ids) from None
-            t1 = time.perf_counter()
-            sec["align"] += t1 - t0
+            t2, c2 = time.perf_counter(), time.process_time()
+            sec["align"] += t2 - t1
+            cpu["align"] += c2 - c1
             pivot_topk = (pv["topk_ids"], pv["topk_logits"], pv["logsumexp"]) if inside == "pivot" else None
             try:
                 res = remap_batch(groups, sv["topk_ids"], sv["topk_logits"], sv["logsumexp"], vocab_map,
@@ -360,8 +367,9 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
                                   num_threads=threads)
             except TokalignError as exc:
                 raise _sample_error(exc, batch_ids) from None
-            t2 = time.perf_counter()
-            sec["kernel"] += t2 - t1
+            t3, c3 = time.perf_counter(), time.process_time()
+            sec["kernel"] += t3 - t2
+            cpu["kernel"] += c3 - c2
 
             ce = remapped_token_ce_packed(res.topk_ids, res.topk_logits, res.retained_mass, res.valid,
                                           pv["input_ids"], p_off)
@@ -381,16 +389,19 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
             totals.retained += float(np.asarray(res.retained_mass, np.float64)[res.valid].sum())
             for key in ("masked", "nonfinite", "empty"):
                 setattr(totals, key, getattr(totals, key) + int(res.counts[key]))
-            sec["write"] += time.perf_counter() - t2
+            sec["write"] += time.perf_counter() - t3
+            cpu["write"] += time.process_time() - c3
             if progress is not None:
                 progress(len(batch_ids))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         writer.flush()
         sec["write"] += time.perf_counter() - t0
+        cpu["write"] += time.process_time() - c0
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
     totals.chunks_read = {"pivot": p_gather.chunks_read, "source": s_gather.chunks_read,
                           "pivot_reread": p_gather.chunks_reread, "source_reread": s_gather.chunks_reread}
     sec["total"] = time.perf_counter() - t_start
+    cpu["total"] = time.process_time() - c_start
     return totals
