@@ -99,6 +99,28 @@ def test_tiny_cache_and_one_batch_give_the_same_store(world, tmp_path):
     assert t2.chunks_read["source_reread"] > 0  # the cache was too small: chunks were decoded again
 
 
+def test_source_store_in_two_parts(world, tmp_path):
+    """A source store written by two ranks (two parts, samples interleaved) gives the same output."""
+    b = open_store(str(world["dir"] / "source.zarr"))
+    url = str(tmp_path / "source2.zarr")
+    for r in range(2):
+        w = StoreWriter.create(url, b.schema, part=r, num_parts=2)
+        w.append([{k: v for k, v in b[i].items() if k not in ("seq_ce",)} for i in range(r, len(b), 2)])
+        w.close()
+    a = open_store(str(world["dir"] / "pivot.zarr"))
+    b2 = open_store(url)
+    assert len(b2.parts) == 2 and sorted(b2.sample_ids) == sorted(b.sample_ids)
+    pm, k = world["pm"], 4
+    outs = []
+    for name, src in (("one", b), ("two", b2)):
+        w = StoreWriter.create(str(tmp_path / f"{name}.zarr"), _schema(a, pm, k))
+        remap_stores(a, src, pm, w, a.sample_ids, TokenBytes.of(world["tp"]), TokenBytes.of(world["ts"]), k_out=k,
+                     batch_tokens=700, cache_bytes=50_000)
+        w.close()
+        outs.append(tmp_path / f"{name}.zarr")
+    _assert_same_store(*outs)
+
+
 def test_same_texts_take_the_span_path(world, tmp_path):
     """A source store over the same texts as the pivot (no changed items): no text holds a real difference
     beyond SentencePiece's dummy-prefix space, yet the groups still equal align.span's."""
