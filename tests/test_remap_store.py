@@ -223,3 +223,59 @@ def _cli_schema(d, world):
                  "inside": "onehot", "one_to_many": "last", "source_model": b.schema.model,
                  "source_fingerprint": b.schema.tokenizer_fingerprint, "tokenizer": world["tp"].name},
         extras=EXTRAS)
+
+
+# ---- property: align_packed == align.span on the spelled texts, for arbitrary vocabularies and sequences ----
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _pairs(draw):
+    # few distinct pieces: the two texts share long stretches; empty pieces are zero-width tokens
+    alphabet = st.sampled_from([b"a", b"b", b" ", b"ab", b"\xe4\xbd", b"<s>", b""])
+    vocab_p = draw(st.lists(alphabet | st.binary(min_size=0, max_size=3), min_size=1, max_size=12))
+    vocab_s = draw(st.lists(alphabet | st.binary(min_size=1, max_size=2), min_size=1, max_size=12))
+    if draw(st.booleans()):
+        seqs = draw(st.lists(st.tuples(st.lists(st.integers(0, len(vocab_p) - 1), max_size=25),
+                                       st.lists(st.integers(0, len(vocab_s) - 1), max_size=25)), min_size=1,
+                             max_size=4))
+        return vocab_p, vocab_s, seqs
+    # the source spells the same text with other tokens: pivot pieces and pairs of them (merged tokens)
+    n = len(vocab_p)
+    vocab_s = vocab_p + [vocab_p[i] + vocab_p[j] for i in range(n) for j in range(n)]
+    seqs = []
+    for p in draw(st.lists(st.lists(st.integers(0, n - 1), max_size=25), min_size=1, max_size=4)):
+        merge = draw(st.lists(st.booleans(), min_size=len(p), max_size=len(p)))
+        s, t = [], 0
+        while t < len(p):
+            if merge[t] and t + 1 < len(p):
+                s.append(n + p[t] * n + p[t + 1])
+                t += 2
+            else:
+                s.append(p[t])
+                t += 1
+        seqs.append((p, s))
+    return vocab_p, vocab_s, seqs
+
+
+@settings(max_examples=80, deadline=None)
+@given(_pairs())
+def test_align_packed_equals_span(case):
+    from tokalign.align import span
+    from tokalign.cli.remap import token_byte_offsets
+
+    vocab_p, vocab_s, seqs = case
+    pb, sb = TokenBytes.from_texts(vocab_p), TokenBytes.from_texts(vocab_s)
+    pi = np.array([i for p, _ in seqs for i in p], np.int32)
+    si = np.array([i for _, s in seqs for i in s], np.int32)
+    po = np.r_[0, np.cumsum([len(p) for p, _ in seqs])]
+    so = np.r_[0, np.cumsum([len(s) for _, s in seqs])]
+    groups, g_off, path = align_packed(pb, pi, po, sb, si, so, max_diff=6)
+    assert path.shape == (len(seqs),)
+    for k, (p, s) in enumerate(seqs):
+        tp, op = token_byte_offsets(vocab_p, np.array(p, np.int64))
+        ts, os_ = token_byte_offsets(vocab_s, np.array(s, np.int64))
+        want = span(op, os_, pivot_text=tp, source_text=ts, max_diff=6).groups
+        np.testing.assert_array_equal(groups[g_off[k]:g_off[k + 1]], np.asarray(want).reshape(-1, 4))
