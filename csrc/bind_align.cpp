@@ -116,6 +116,7 @@ void parallel_for(int64_t count, int threads, Fn fn) {
 }  // namespace
 
 void bind_align(py::module_& m) {
+    m.attr("DTW_MAX_CELLS") = py::int_(kMaxFullCells);
     py::class_<TokenTable>(m, "TokenTable",
                            "Code-point strings of a vocabulary, built once (index = token id). Items are str or "
                            "None (empty). Optional weights (int, one per token, >= 0) drive the DTW band: use "
@@ -134,7 +135,7 @@ void bind_align(py::module_& m) {
 
     m.def(
         "dtw_tokens",
-        [](const py::sequence& pivot, const py::sequence& source, int tie, int64_t band) {
+        [](const py::sequence& pivot, const py::sequence& source, int tie, int64_t band, int64_t max_cells) {
             TokenTable tp = make_table(pivot), ts = make_table(source);
             std::vector<int32_t> ip(tp.size()), is(ts.size());
             for (size_t k = 0; k < ip.size(); ++k) ip[k] = static_cast<int32_t>(k);
@@ -142,32 +143,33 @@ void bind_align(py::module_& m) {
             AlignResult r;
             {
                 py::gil_scoped_release release;
-                r = dtw_align(tp, ip.data(), tp.size(), ts, is.data(), ts.size(), tie, band);
+                r = dtw_align(tp, ip.data(), tp.size(), ts, is.data(), ts.size(), tie, band, max_cells);
             }
             return to_dict(r);
         },
         py::arg("pivot"), py::arg("source"), py::arg("tie") = 0, py::arg("band") = -1,
-        "FuseChat DTW of two token-string lists. band: -1 full, 0 auto, >0 initial radius.");
+        py::arg("max_cells") = kMaxFullCells,
+        "FuseChat DTW of two token-string lists. band: -1 full, 0 auto, >0 initial radius (exact either way).");
 
     m.def(
         "dtw_ids",
-        [](const TokenTable& tp, IdArray ip, const TokenTable& ts, IdArray is, int tie, int64_t band) {
+        [](const TokenTable& tp, IdArray ip, const TokenTable& ts, IdArray is, int tie, int64_t band, int64_t max_cells) {
             std::vector<int32_t> a(ip.data(), ip.data() + ip.size()), b(is.data(), is.data() + is.size());
             AlignResult r;
             {
                 py::gil_scoped_release release;
                 r = dtw_align(tp, a.data(), static_cast<int64_t>(a.size()), ts, b.data(),
-                              static_cast<int64_t>(b.size()), tie, band);
+                              static_cast<int64_t>(b.size()), tie, band, max_cells);
             }
             return to_dict(r);
         },
         py::arg("pivot_table"), py::arg("pivot_ids"), py::arg("source_table"), py::arg("source_ids"),
-        py::arg("tie") = 0, py::arg("band") = -1);
+        py::arg("tie") = 0, py::arg("band") = -1, py::arg("max_cells") = kMaxFullCells);
 
     m.def(
         "dtw_batch",
         [](const TokenTable& tp, const std::vector<IdArray>& ps, const TokenTable& ts, const std::vector<IdArray>& ss,
-           int tie, int64_t band, int threads) {
+           int tie, int64_t band, int threads, int64_t max_cells) {
             if (ps.size() != ss.size()) throw std::invalid_argument("dtw_batch: pivot and source lists differ in length");
             const int64_t count = static_cast<int64_t>(ps.size());
             std::vector<std::vector<int32_t>> a(count), b(count);
@@ -180,7 +182,7 @@ void bind_align(py::module_& m) {
                 py::gil_scoped_release release;
                 parallel_for(count, threads_for(threads), [&](int64_t k) {
                     res[k] = dtw_align(tp, a[k].data(), static_cast<int64_t>(a[k].size()), ts, b[k].data(),
-                                       static_cast<int64_t>(b[k].size()), tie, band);
+                                       static_cast<int64_t>(b[k].size()), tie, band, max_cells);
                 });
             }
             py::list out;
@@ -188,7 +190,7 @@ void bind_align(py::module_& m) {
             return out;
         },
         py::arg("pivot_table"), py::arg("pivot_ids"), py::arg("source_table"), py::arg("source_ids"),
-        py::arg("tie") = 0, py::arg("band") = 0, py::arg("threads") = 0);
+        py::arg("tie") = 0, py::arg("band") = 0, py::arg("threads") = 0, py::arg("max_cells") = kMaxFullCells);
 
     m.def(
         "span",

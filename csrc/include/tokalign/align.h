@@ -50,13 +50,15 @@ void finish_result(AlignResult& r);
 // Band argument: < 0 full matrix, 0 automatic, > 0 initial radius in weight units.
 constexpr int64_t kBandFull = -1;
 constexpr int64_t kBandAuto = 0;
-// Full-matrix DTW refuses more cells than this (2 bits per cell => 1 GiB of moves).
+// Default cell budget: the full matrix (2 bits per cell => 1 GiB of moves) and each pass of the
+// exact banded DTW refuse more cells than this.
 constexpr int64_t kMaxFullCells = INT64_C(1) << 32;
 
 // DTW of pivot ids (in tp) against source ids (in ts). Throws std::invalid_argument on bad
-// input. Empty sequences give an empty path.
+// input or when a pass would evaluate more than max_cells cells. Empty sequences give an empty
+// path. Banded results equal the full DTW exactly (see align_dtw.cpp).
 AlignResult dtw_align(const TokenTable& tp, const int32_t* ip, int64_t n, const TokenTable& ts,
-                      const int32_t* is, int64_t m, int tie, int64_t band);
+                      const int32_t* is, int64_t m, int tie, int64_t band, int64_t max_cells = kMaxFullCells);
 
 // Span alignment of char offsets ([n,2] / [m,2], row-major) over the same text.
 // dirty flags (may be null) mark tokens whose chars are not in the shared text; consecutive
