@@ -145,7 +145,7 @@ void row_moves(const V* P, const V* C, int64_t lo, int64_t hi, uint8_t* mv) {
 // ---------------------------------------------------------------------------------------------
 
 struct Candidate {
-    std::vector<int32_t> path_p, path_s;  // in order, from (0, 0)
+    OutVec<int32_t> path_p, path_s;  // in order, from (0, 0)
     std::vector<uint8_t> moves;           // move taken at each path cell (unused at (0, 0))
     int64_t cost = 0;
 };

@@ -452,6 +452,38 @@ def test_batch_dtw_and_span_match_single_calls():
     assert [s.groups.tolist() for s in spans] == [align.span(a, b).groups.tolist() for a, b in zip(offs, offs[::-1])]
 
 
+FIELDS = ("n", "m", "cost", "band", "kind_counts")
+ARRAYS = ("path", "p2s_indptr", "p2s_indices", "s2p_indptr", "s2p_indices", "groups")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(same_text_pair(max_len=60), min_size=1, max_size=12), st.sampled_from([1, 2]))
+def test_batch_span_equals_single_calls(pairs, threads):
+    po = [p[2] for p in pairs] + [np.zeros((0, 2), np.int64)]
+    so = [p[4].astype(np.int32) for p in pairs] + [[[0, 1]]]  # other dtypes and lists are accepted
+    out = align.batch(method="span", pivot_offsets=po, source_offsets=so, num_threads=threads)
+    assert len(out) == len(po)
+    for a, p, s in zip(out, po, so):
+        ref = align.span(p, s)
+        assert a.method == "span" and len(a) == len(ref)
+        for f in FIELDS:
+            assert getattr(a, f) == getattr(ref, f), f
+        for f in ARRAYS:
+            x, y = getattr(a, f), getattr(ref, f)
+            assert x.dtype == y.dtype and x.shape == y.shape and (x == y).all(), f
+        assert a.pivot_to_source == ref.pivot_to_source and a.source_to_pivot == ref.source_to_pivot
+
+
+def test_batch_span_bad_items():
+    good = np.array([[0, 1], [1, 2]])
+    with pytest.raises(TokalignError, match=r"source_offsets\[1\] must be an integer array"):
+        align.batch(method="span", pivot_offsets=[good, good], source_offsets=[good, good.astype(float)])
+    with pytest.raises(TokalignError, match=r"pivot_offsets\[0\] must be an integer array of shape"):
+        align.batch(method="span", pivot_offsets=[np.arange(4)], source_offsets=[good])
+    with pytest.raises(TokalignError, match="pair 1: span: pivot offsets"):
+        align.batch(method="span", pivot_offsets=[good, good[::-1]], source_offsets=[good, good])
+
+
 # ---------------------------------------------------------------------------------------------
 # Real tokenizers and text
 # ---------------------------------------------------------------------------------------------

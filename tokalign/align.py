@@ -84,7 +84,7 @@ class Alignment:
     def __init__(self, raw: dict, method: str):
         self.n: int = int(raw["n"])
         self.m: int = int(raw["m"])
-        self.path: np.ndarray = np.stack([raw["path_p"], raw["path_s"]], axis=1).astype(np.int32, copy=False)
+        self.path: np.ndarray = raw["path"]
         self.p2s_indptr: np.ndarray = raw["p2s_indptr"]
         self.p2s_indices: np.ndarray = raw["p2s_indices"]
         self.s2p_indptr: np.ndarray = raw["s2p_indptr"]
@@ -111,6 +111,26 @@ class Alignment:
     def __repr__(self) -> str:
         return "Alignment(method=%r, n=%d, m=%d, groups=%d, kinds=%s, cost=%d)" % (
             self.method, self.n, self.m, len(self), self.kind_counts, self.cost)
+
+
+def _from_flat(flat: dict, method: str) -> List[Alignment]:
+    """Alignments viewing the concatenated arrays of a ``_core.*_batch_flat`` result."""
+    path, path_p, path_s = flat["path"], flat["path_p"], flat["path_s"]
+    p2s, s2p, groups = flat["p2s_indptr"], flat["s2p_indptr"], flat["groups"]
+    new = Alignment.__new__
+    out = []
+    for n, m, l0, ln, pp0, sp0, g0, gn, k11, k1n, kn1, knm, cost, band in flat["items"].tolist():
+        a = new(Alignment)
+        a.n, a.m, a.method, a.cost, a.band = n, m, method, cost, band
+        a.path = path[l0:l0 + ln]
+        a.s2p_indices = path_p[l0:l0 + ln]
+        a.p2s_indices = path_s[l0:l0 + ln]
+        a.p2s_indptr = p2s[pp0:pp0 + n + 1]
+        a.s2p_indptr = s2p[sp0:sp0 + m + 1]
+        a.groups = groups[g0:g0 + gn]
+        a.kind_counts = {"1:1": k11, "1:n": k1n, "n:1": kn1, "n:m": knm}
+        out.append(a)
+    return out
 
 
 def _csr_lists(indptr: np.ndarray, indices: np.ndarray) -> List[List[int]]:
@@ -317,9 +337,11 @@ def batch(pivot_ids: Optional[Sequence] = None, source_ids: Optional[Sequence] =
         if len(pivot_offsets) != len(source_offsets):
             raise TokalignError("align.batch: %d pivot_offsets but %d source_offsets"
                                 % (len(pivot_offsets), len(source_offsets)))
-        po = [_offsets(o, "pivot") for o in pivot_offsets]
-        so = [_offsets(o, "source") for o in source_offsets]
-        return [Alignment(r, "span") for r in _call(_core.span_batch, po, so, int(num_threads))]
+        # Validation, alignment and result assembly in C++; the results come back concatenated
+        # and each Alignment holds views of them (no per-pair arrays built in C++ or Python).
+        flat = _call(_core.span_batch_flat, [np.asarray(o) for o in pivot_offsets],
+                     [np.asarray(o) for o in source_offsets], int(num_threads))
+        return _from_flat(flat, "span")
     if method != "dtw":
         raise TokalignError("align.batch: method must be 'dtw' or 'span', got %r" % (method,))
     if pivot_ids is None or source_ids is None:
