@@ -6,9 +6,6 @@
 #include <string_view>
 #include <unordered_map>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 namespace tokalign {
 
@@ -97,17 +94,81 @@ int DtwPairCosts::compute(int64_t j) {
     return d;
 }
 
-#if defined(__SSE2__)
+#if defined(__GNUC__)
+#define TA_LEV_SIMD 1
 namespace {
 
-// Per 16-bit lane popcount (SSE2 has none).
-inline __m128i popcount16(__m128i x) {
-    const __m128i m1 = _mm_set1_epi16(0x5555), m2 = _mm_set1_epi16(0x3333), m4 = _mm_set1_epi16(0x0f0f);
-    x = _mm_sub_epi16(x, _mm_and_si128(_mm_srli_epi16(x, 1), m1));
-    x = _mm_add_epi16(_mm_and_si128(x, m2), _mm_and_si128(_mm_srli_epi16(x, 2), m2));
-    x = _mm_and_si128(_mm_add_epi16(x, _mm_srli_epi16(x, 4)), m4);
-    return _mm_and_si128(_mm_add_epi16(x, _mm_srli_epi16(x, 8)), _mm_set1_epi16(0x1f));
+// Bit-parallel Levenshtein of W pivot patterns at once (lane k: pattern k, one bit per code
+// point; T = uint8 for patterns of <= 8 code points, uint16 for <= 16) against each source text:
+// GCC vector extensions, compiled for AVX2 (W = 32 / 16) when the CPU has it, else 16-byte
+// vectors (SSE2 on x86). peq[r * W + k]: bits of pattern k equal to the character of rank r.
+// out[t * W + k] = distance of pattern k to text t, read off the last column at the end:
+// D[len][L] = L + (vertical +1 deltas) - (vertical -1 deltas).
+template <class T, int BYTES>
+__attribute__((always_inline)) inline void lev_block(const T* peq, const uint32_t* text, const int64_t* off,
+                                                     int64_t count, const T* mask, T* out) {
+    typedef T V __attribute__((vector_size(BYTES)));
+    constexpr int W = BYTES / static_cast<int>(sizeof(T));
+    V vm;
+    std::memcpy(&vm, mask, BYTES);
+    const V zero = {};
+    for (int64_t t = 0; t < count; ++t) {
+        const uint32_t* c = text + off[t];
+        const int L = static_cast<int>(off[t + 1] - off[t]);
+        V vp = ~zero, vn = zero;
+        for (int q = 0; q < L; ++q) {
+            V eq;
+            std::memcpy(&eq, peq + static_cast<size_t>(c[q]) * W, BYTES);
+            const V d0 = (((eq & vp) + vp) ^ vp) | eq | vn;
+            V hp = vn | ~(d0 | vp);
+            V hn = d0 & vp;
+            hp = (hp << 1) | static_cast<T>(1);
+            hn = hn << 1;
+            vp = hn | ~(d0 | hp);
+            vn = hp & d0;
+        }
+        // Per-lane popcounts of the +1 and -1 deltas (no vector popcount before AVX-512).
+        V x = vp & vm, y = vn & vm;
+        x = x - ((x >> 1) & static_cast<T>(0x5555));
+        y = y - ((y >> 1) & static_cast<T>(0x5555));
+        x = (x & static_cast<T>(0x3333)) + ((x >> 2) & static_cast<T>(0x3333));
+        y = (y & static_cast<T>(0x3333)) + ((y >> 2) & static_cast<T>(0x3333));
+        x = (x + (x >> 4)) & static_cast<T>(0x0f0f);
+        y = (y + (y >> 4)) & static_cast<T>(0x0f0f);
+        if (sizeof(T) == 2) {
+            x = (x + (x >> 8)) & static_cast<T>(0x1f);
+            y = (y + (y >> 8)) & static_cast<T>(0x1f);
+        }
+        const V dist = static_cast<T>(L) + x - y;
+        std::memcpy(out + t * W, &dist, BYTES);
+    }
 }
+
+using LevBlockFn8 = void (*)(const uint8_t*, const uint32_t*, const int64_t*, int64_t, const uint8_t*, uint8_t*);
+using LevBlockFn16 = void (*)(const uint16_t*, const uint32_t*, const int64_t*, int64_t, const uint16_t*, uint16_t*);
+
+void lev_block8_v16(const uint8_t* p, const uint32_t* t, const int64_t* o, int64_t c, const uint8_t* m, uint8_t* r) {
+    lev_block<uint8_t, 16>(p, t, o, c, m, r);
+}
+void lev_block16_v16(const uint16_t* p, const uint32_t* t, const int64_t* o, int64_t c, const uint16_t* m, uint16_t* r) {
+    lev_block<uint16_t, 16>(p, t, o, c, m, r);
+}
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2"))) void lev_block8_v32(const uint8_t* p, const uint32_t* t, const int64_t* o, int64_t c,
+                                                    const uint8_t* m, uint8_t* r) {
+    lev_block<uint8_t, 32>(p, t, o, c, m, r);
+}
+__attribute__((target("avx2"))) void lev_block16_v32(const uint16_t* p, const uint32_t* t, const int64_t* o, int64_t c,
+                                                     const uint16_t* m, uint16_t* r) {
+    lev_block<uint16_t, 32>(p, t, o, c, m, r);
+}
+bool have_avx2() {
+    static const bool yes = __builtin_cpu_supports("avx2");
+    return yes;
+}
+#else
+bool have_avx2() { return false; }
+#endif
 
 }  // namespace
 #endif
@@ -125,87 +186,74 @@ void DtwPairCosts::fill_all() {
     };
     std::vector<int32_t> all_s(static_cast<size_t>(s_distinct_));
     for (int64_t v = 0; v < s_distinct_; ++v) all_s[v] = static_cast<int32_t>(v);
-#if defined(__SSE2__)
-    // Eight pivot tokens at once (16-bit lanes of one SSE2 register, patterns of <= 16 code
-    // points: nearly every token), run over each source token's stripped string: the match masks
-    // of a character for all eight patterns are one 16-byte load from a table indexed by the
-    // character's rank in the pair's alphabet. The distance is read off the last column:
-    // D[len][t] = t + (vertical +1 deltas) - (vertical -1 deltas).
+#if defined(TA_LEV_SIMD)
+    // Pivot tokens with stripped strings of 1..16 code points go W at a time through lev_block
+    // against every source token with a stripped string of 1..200 code points (the distance fits
+    // the lanes); everything else (raw strings compared, long tokens) one pair at a time.
+    std::vector<int32_t> p8, p16, p_other, s_str, s_other;
+    for (int64_t u = 0; u < p_distinct_; ++u) {
+        const int len = tp_.stripped_len(ip_[p_first_[u]]);
+        (len >= 1 && len <= 8 ? p8 : len >= 9 && len <= 16 ? p16 : p_other).push_back(static_cast<int32_t>(u));
+    }
+    for (int64_t v = 0; v < s_distinct_; ++v) {
+        const int len = ts_.stripped_len(is_[s_first_[v]]);
+        (len >= 1 && len <= 200 ? s_str : s_other).push_back(static_cast<int32_t>(v));
+    }
+    // Characters as ranks in the pivot patterns' alphabet (rank A-1: in no pattern).
     std::vector<uint32_t> alpha;
     for (int64_t u = 0; u < p_distinct_; ++u) {
         const int64_t a = ip_[p_first_[u]];
         alpha.insert(alpha.end(), tp_.stripped(a), tp_.stripped(a) + tp_.stripped_len(a));
     }
-    std::vector<int32_t> s_str, s_raw;  // source classes with / without a stripped string
-    for (int64_t v = 0; v < s_distinct_; ++v)
-        (ts_.stripped_len(is_[s_first_[v]]) > 0 ? s_str : s_raw).push_back(static_cast<int32_t>(v));
     std::sort(alpha.begin(), alpha.end());
     alpha.erase(std::unique(alpha.begin(), alpha.end()), alpha.end());
-    const int64_t A = static_cast<int64_t>(alpha.size()) + 1;  // rank A-1: not in any pivot pattern
-    // Source stripped strings as alphabet ranks, concatenated.
+    const int64_t A = static_cast<int64_t>(alpha.size()) + 1;
+    auto rank = [&alpha, A](uint32_t c) {
+        const auto it = std::lower_bound(alpha.begin(), alpha.end(), c);
+        return it != alpha.end() && *it == c ? static_cast<uint32_t>(it - alpha.begin()) : static_cast<uint32_t>(A - 1);
+    };
     std::vector<uint32_t> s_text;
     std::vector<int64_t> s_off(s_str.size() + 1, 0);
     for (size_t k = 0; k < s_str.size(); ++k) {
         const int64_t b = is_[s_first_[s_str[k]]];
-        for (int q = 0; q < ts_.stripped_len(b); ++q) {
-            const uint32_t c = ts_.stripped(b)[q];
-            const auto it = std::lower_bound(alpha.begin(), alpha.end(), c);
-            s_text.push_back(it != alpha.end() && *it == c ? static_cast<uint32_t>(it - alpha.begin())
-                                                           : static_cast<uint32_t>(A - 1));
-        }
+        for (int q = 0; q < ts_.stripped_len(b); ++q) s_text.push_back(rank(ts_.stripped(b)[q]));
         s_off[k + 1] = static_cast<int64_t>(s_text.size());
     }
-    std::vector<int32_t> block;  // pivot classes of the current block
-    std::vector<uint16_t> peq(static_cast<size_t>(A) * 8);
-    alignas(16) uint16_t lanes[8];
-    auto run_block = [&]() {
-        std::fill(peq.begin(), peq.end(), 0);
-        alignas(16) uint16_t mask[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (size_t k = 0; k < block.size(); ++k) {
-            const int64_t a = ip_[p_first_[block[k]]];
-            const int len = tp_.stripped_len(a);
-            for (int q = 0; q < len; ++q) {
-                const int64_t r = std::lower_bound(alpha.begin(), alpha.end(), tp_.stripped(a)[q]) - alpha.begin();
-                peq[static_cast<size_t>(r * 8 + static_cast<int64_t>(k))] |= static_cast<uint16_t>(1u << q);
+    const int64_t S = static_cast<int64_t>(s_str.size());
+    const bool wide = have_avx2();
+    auto run_group = [&](const std::vector<int32_t>& group, auto lane_type, auto kernel, int W) {
+        using T = decltype(lane_type);
+        std::vector<T> peq(static_cast<size_t>(A * W)), mask(static_cast<size_t>(W)), out(static_cast<size_t>(S * W));
+        for (size_t b0 = 0; b0 < group.size(); b0 += static_cast<size_t>(W)) {
+            const size_t lanes = std::min(group.size() - b0, static_cast<size_t>(W));
+            std::fill(peq.begin(), peq.end(), T(0));
+            std::fill(mask.begin(), mask.end(), T(0));
+            for (size_t k = 0; k < lanes; ++k) {
+                const int64_t a = ip_[p_first_[group[b0 + k]]];
+                const int len = tp_.stripped_len(a);
+                for (int q = 0; q < len; ++q) peq[rank(tp_.stripped(a)[q]) * W + k] |= static_cast<T>(1u << q);
+                mask[k] = static_cast<T>((1u << len) - 1u);
             }
-            mask[k] = static_cast<uint16_t>((1u << len) - 1u);
-        }
-        const __m128i vmask = _mm_load_si128(reinterpret_cast<const __m128i*>(mask));
-        const __m128i ones = _mm_set1_epi16(-1), one = _mm_set1_epi16(1);
-        for (size_t k = 0; k < s_str.size(); ++k) {
-            const uint32_t* t = s_text.data() + s_off[k];
-            const int L = static_cast<int>(s_off[k + 1] - s_off[k]);
-            __m128i vp = ones, vn = _mm_setzero_si128();
-            for (int q = 0; q < L; ++q) {
-                const __m128i eq = _mm_loadu_si128(reinterpret_cast<const __m128i*>(peq.data() + t[q] * 8));
-                const __m128i d0 = _mm_or_si128(
-                    _mm_or_si128(_mm_xor_si128(_mm_add_epi16(_mm_and_si128(eq, vp), vp), vp), eq), vn);
-                __m128i hp = _mm_or_si128(vn, _mm_xor_si128(_mm_or_si128(d0, vp), ones));
-                __m128i hn = _mm_and_si128(d0, vp);
-                hp = _mm_or_si128(_mm_slli_epi16(hp, 1), one);
-                hn = _mm_slli_epi16(hn, 1);
-                vp = _mm_or_si128(hn, _mm_xor_si128(_mm_or_si128(d0, hp), ones));
-                vn = _mm_and_si128(hp, d0);
+            kernel(peq.data(), s_text.data(), s_off.data(), S, mask.data(), out.data());
+            for (size_t k = 0; k < lanes; ++k) {
+                uint8_t* row = table_.data() + group[b0 + k] * s_distinct_;
+                const T* col = out.data() + k;
+                for (int64_t t = 0; t < S; ++t) row[s_str[t]] = static_cast<uint8_t>(col[t * W]);
+                fill_scalar(group[b0 + k], s_other);
             }
-            const __m128i dist = _mm_add_epi16(_mm_set1_epi16(static_cast<int16_t>(L)),
-                                               _mm_sub_epi16(popcount16(_mm_and_si128(vp, vmask)),
-                                                             popcount16(_mm_and_si128(vn, vmask))));
-            _mm_store_si128(reinterpret_cast<__m128i*>(lanes), dist);
-            for (size_t lane = 0; lane < block.size(); ++lane) store(block[lane], s_str[k], lanes[lane]);
         }
-        for (int32_t u : block) fill_scalar(u, s_raw);  // raw strings compared
-        block.clear();
     };
-    for (int64_t u = 0; u < p_distinct_; ++u) {
-        const int len = tp_.stripped_len(ip_[p_first_[u]]);
-        if (len < 1 || len > 16) {
-            fill_scalar(u, all_s);
-            continue;
-        }
-        block.push_back(static_cast<int32_t>(u));
-        if (block.size() == 8) run_block();
+#if defined(__x86_64__) || defined(__i386__)
+    if (wide) {
+        run_group(p8, uint8_t(0), lev_block8_v32, 32);
+        run_group(p16, uint16_t(0), lev_block16_v32, 16);
     }
-    if (!block.empty()) run_block();
+#endif
+    if (!wide) {
+        run_group(p8, uint8_t(0), lev_block8_v16, 16);
+        run_group(p16, uint16_t(0), lev_block16_v16, 8);
+    }
+    for (int32_t u : p_other) fill_scalar(u, all_s);
 #else
     for (int64_t u = 0; u < p_distinct_; ++u) fill_scalar(u, all_s);
 #endif
