@@ -8,9 +8,15 @@ real tokenizer pairs (tokenizers.Tokenizer.from_file + id_to_token), and prints 
   with --baseline-tokens;
 * C++ full DTW and banded DTW (single thread, best of --repeat) and their speed-ups;
 * span alignment throughput in tokens/s (pivot + source tokens, single thread, core only and
-  through the Python API).
+  through the Python API), and ``batch(method="span")`` over thousands of small items (one
+  sentence-sized chunk of the text each, as build-stats sends them) in microseconds per item.
+
+Banded DTW is exact (asserted equal to the full DTW below), so its time includes the band, the
+pruned verification pass and the cost table.
 
 Goals (task): full >= 100x, banded >= 1000x, span >= 10 M tokens/s per core.
+The load average of the machine is printed first: the baseline and the C++ share the cores with
+whatever else runs, so compare ratios, not absolute times.
 
 Examples:
     python benchmarks/align_speed.py
@@ -126,6 +132,18 @@ def run_pair(pivot_name: str, source_name: str, args) -> dict:
     t_span_api = best_of(lambda: align.span(po, so), args.repeat * 20)
     span_rate_core = (len(po_long) + len(so_long)) / t_span_core
     span_rate_api = (n + m) / t_span_api
+    # Batch of small items: consecutive chunks of ~32 pivot tokens (of the long input) with the
+    # source tokens inside the same characters.
+    items_p, items_s = [], []
+    starts = so_long[:, 0]
+    for k in range(0, min(len(po_long), 32 * args.batch_items), 32):
+        p = po_long[k:k + 32]
+        a, b = np.searchsorted(starts, p[0, 0]), np.searchsorted(starts, p[-1, 1])
+        items_p.append(p)
+        items_s.append(so_long[a:b])
+    batch_tokens = sum(len(x) + len(y) for x, y in zip(items_p, items_s))
+    t_batch = best_of(lambda: align.batch(method="span", pivot_offsets=items_p, source_offsets=items_s,
+                                          num_threads=1), args.repeat)
     return {
         "pair": "%s x %s" % (pivot_name, source_name), "pivot_tokens": n, "source_tokens": m,
         "python_dtw_s": py_full, "python_measured_cells": cells_base,
@@ -133,6 +151,8 @@ def run_pair(pivot_name: str, source_name: str, args) -> dict:
         "speedup_full": py_full / t_full, "speedup_banded": py_full / t_band,
         "span_tokens_per_s_core": span_rate_core, "span_tokens_per_s_api": span_rate_api,
         "span_core_tokens": int(len(po_long) + len(so_long)),
+        "span_batch_items": len(items_p), "span_batch_tokens_per_item": batch_tokens / len(items_p),
+        "span_batch_us_per_item": t_batch / len(items_p) * 1e6, "span_batch_tokens_per_s": batch_tokens / t_batch,
         "goal_full_100x": py_full / t_full >= 100, "goal_banded_1000x": py_full / t_band >= 1000,
         "goal_span_10M": span_rate_core >= 10e6,
     }
@@ -147,22 +167,32 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline-tokens", type=int, default=0,
                     help="time the Python DTW on this many pivot tokens and scale by cells (0 = full pair)")
     ap.add_argument("--span-tokens", type=int, default=2_000_000, help="tokens in the long span-rate input")
+    ap.add_argument("--batch-items", type=int, default=5000, help="small items in the batch span test")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
+    load_before = os.getloadavg()
     results = [run_pair(*p.split(":"), args) for p in args.pairs.split(",")]
+    load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
     if args.json:
-        print(json.dumps({"openmp": bool(_core.openmp), "results": results}, indent=2))
+        print(json.dumps({"openmp": bool(_core.openmp), "load_average": load, "results": results}, indent=2))
         return 0
-    hdr = "%-26s %6s %6s %10s %9s %9s %8s %8s %11s %11s" % (
-        "pair", "n", "m", "python s", "full ms", "band ms", "full x", "band x", "span M/s", "api M/s")
+    print("load average (1, 5, 15 min) before %s, after %s on %d CPUs" % (
+        " ".join("%.2f" % x for x in load["before"]), " ".join("%.2f" % x for x in load["after"]), load["cpus"]))
+    hdr = "%-26s %6s %6s %10s %9s %9s %8s %8s %9s %8s %10s" % (
+        "pair", "n", "m", "python s", "full ms", "band ms", "full x", "band x", "span M/s", "api M/s",
+        "batch us")
     print(hdr)
     print("-" * len(hdr))
     for r in results:
-        print("%-26s %6d %6d %10.2f %9.2f %9.3f %8.0f %8.0f %11.1f %11.1f" % (
+        print("%-26s %6d %6d %10.2f %9.2f %9.3f %8.0f %8.0f %9.1f %8.1f %10.2f" % (
             r["pair"], r["pivot_tokens"], r["source_tokens"], r["python_dtw_s"], r["cpp_full_s"] * 1e3,
             r["cpp_banded_s"] * 1e3, r["speedup_full"], r["speedup_banded"], r["span_tokens_per_s_core"] / 1e6,
-            r["span_tokens_per_s_api"] / 1e6))
+            r["span_tokens_per_s_api"] / 1e6, r["span_batch_us_per_item"]))
+    r0 = results[0]
+    print("batch span: %d items of %.0f tokens, %.2f us/item = %.1f M tokens/s (single thread)" % (
+        r0["span_batch_items"], r0["span_batch_tokens_per_item"], r0["span_batch_us_per_item"],
+        r0["span_batch_tokens_per_s"] / 1e6))
     ok = all(r["goal_full_100x"] and r["goal_banded_1000x"] and r["goal_span_10M"] for r in results)
     print("goals (full >= 100x, banded >= 1000x, span >= 10 M tok/s): %s" % ("met" if ok else "NOT met"))
     return 0

@@ -1,7 +1,22 @@
-// FuseChat token DTW: full matrix or a band that widens until the path keeps off its edges.
+// FuseChat token DTW: full matrix, or an exact band.
 //
-// Memory: two rows of D values (int64) plus 2 bits of move per evaluated cell, so the banded
-// form is O(n * band) and the full form n*m/4 bytes.
+// Banded mode: (1) DTW inside a band around the diagonal of cumulative text lengths; the band
+// widens while the traced path has a predecessor outside it. That path is only a candidate (a
+// cheaper path may leave and re-enter the band), but its cost U bounds the optimum. (2) A pruned
+// forward pass (PrunedDTW, Silva & Batista 2016) computes the exact D of every cell with D <= U
+// (row by row, only the columns reachable from the previous row's cells <= U) and checks, cell by
+// cell along the candidate, that the full DTW's traceback takes the same move; this needs two rows
+// of memory. (3) If a move differs, the same pruned pass runs again and keeps its moves (ragged
+// rows, O(kept cells)) and the path is traced from them.
+//
+// Why the pruning is exact: costs are >= 0, so a cell on any path of cost <= U has D <= U, and
+// the smallest predecessor of a cell with D <= U is <= U - cost. A cell with D > U therefore never
+// is the argmin of, nor ties with the argmin of, a cell that matters; reading it as +inf keeps
+// every move (FuseChat tie order included) of the cells with D <= U, which hold the full DTW's
+// traceback. Ties with D == U are kept.
+//
+// Memory: two rows of D (int64) plus 2 bits of move per stored cell: band O(n * band), full
+// n*m/4 bytes, exact pruned pass O(kept cells). Passes stop with an error above kMaxFullCells.
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -9,42 +24,10 @@
 
 #include "tokalign/align.h"
 #include "tokalign/dtw.h"
+#include "tokalign/dtw_costs.h"
 
 namespace tokalign {
 namespace {
-
-// Row pattern (pivot token) with a 128-entry ASCII match table, so the per-cell cost is one
-// table lookup plus one bit-parallel step per source code point. Same distance as
-// levenshtein_small (Levenshtein is a function; only the way Peq is found differs).
-struct RowPattern {
-    const uint32_t* s = nullptr;
-    int len = 0;
-    uint64_t ascii[128];
-
-    void prepare(const uint32_t* str, int n) {
-        s = str;
-        len = n;
-        if (len < 1 || len > 64) return;
-        std::memset(ascii, 0, sizeof(ascii));
-        for (int k = 0; k < len; ++k)
-            if (s[k] < 128) ascii[s[k]] |= uint64_t(1) << k;
-    }
-
-    int distance(const uint32_t* t, int tlen, uint32_t* scratch) const {
-        if (len == 0) return tlen;
-        if (tlen == 0) return len;
-        if (len > 64) return levenshtein_small(s, len, t, tlen, scratch);
-        uint64_t vp = ~uint64_t(0), vn = 0;
-        const uint64_t last = uint64_t(1) << (len - 1);
-        int dist = len;
-        for (int k = 0; k < tlen; ++k) {
-            const uint32_t c = t[k];
-            const uint64_t eq = c < 128 ? ascii[c] : lev_small_eq_mask(s, len, c);
-            dist = lev_small_step(eq, vp, vn, last, dist);
-        }
-        return dist;
-    }
-};
 
 struct Band {
     std::vector<int64_t> lo, hi, off;  // per row [lo, hi), off = first cell index of the row
@@ -100,132 +83,337 @@ Band weight_band(const std::vector<double>& pc, const std::vector<double>& sc, i
     return b;
 }
 
-struct DtwWork {
-    std::vector<int64_t> prev, cur;
-    std::vector<uint8_t> moves;
-    std::vector<uint32_t> scratch;
-    std::vector<int32_t> rowcost;
-    // Costs depend only on the two token ids, and a text repeats its tokens: cells are looked
-    // up in a lazily filled (distinct pivot x distinct source) matrix when that is small enough.
-    std::vector<int32_t> p_local, s_local;  // dense index of each position's id
-    std::vector<int32_t> cache;             // -1 = not computed yet
-    int64_t s_distinct = 0, p_distinct = 0;
+// Per-pass scratch: two D rows stored shifted by one (index j + 1 holds column j; index 0 is
+// column -1), the row's costs, and one byte of move per column before packing.
+template <class V>
+struct DtwRows {
+    std::vector<V> a, b, rc;
+    std::vector<uint8_t> mv;
+    V* prev = nullptr;
+    V* cur = nullptr;
+    void init(int64_t m) {
+        a.assign(static_cast<size_t>(m + 1), dtw_inf<V>());
+        b.assign(static_cast<size_t>(m + 1), dtw_inf<V>());
+        rc.assign(static_cast<size_t>(m), 0);
+        mv.assign(static_cast<size_t>(m + 8), 0);
+        prev = a.data() + 1;
+        cur = b.data() + 1;
+        prev[-1] = 0;  // D[-1][-1] = 0: row 0 starts from it, all other borders are inf
+    }
+    void swap() { std::swap(prev, cur); }
 };
 
-constexpr int64_t kMaxCacheEntries = INT64_C(8) << 20;  // 32 MiB of int32
-
-std::vector<int32_t> dense_ids(const int32_t* ids, int64_t n, int64_t* distinct) {
-    std::vector<int32_t> uniq(ids, ids + n);
-    std::sort(uniq.begin(), uniq.end());
-    uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
-    std::vector<int32_t> local(n);
-    for (int64_t k = 0; k < n; ++k)
-        local[k] = static_cast<int32_t>(std::lower_bound(uniq.begin(), uniq.end(), ids[k]) - uniq.begin());
-    *distinct = static_cast<int64_t>(uniq.size());
-    return local;
+inline uint8_t packed_move(const std::vector<uint8_t>& moves, int64_t idx) {
+    return (moves[static_cast<size_t>(idx >> 2)] >> ((idx & 3) * 2)) & 3;
 }
+
+// Packs mv[0..cnt) (values 0..2) four per byte into out; mv must hold 3 zero bytes past cnt.
+inline void pack_moves(uint8_t* mv, int64_t cnt, uint8_t* out) {
+    mv[cnt] = mv[cnt + 1] = mv[cnt + 2] = 0;
+    for (int64_t k = 0; k < cnt; k += 4)
+        out[k >> 2] = static_cast<uint8_t>(mv[k] | (mv[k + 1] << 2) | (mv[k + 2] << 4) | (mv[k + 3] << 6));
+}
+
+// D values of columns [lo, hi) of a row whose predecessors P[lo-1..hi) all exist (inf where not
+// evaluated), the left neighbour of lo being inf. Written as dtw_cell() computes them, but in
+// passes: min(diag, up) for the whole row (vectorised), then the left-to-right chain (one add and
+// one min per cell).
+template <class V>
+void row_values(const V* rc, const V* P, V* C, int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+        const V d = P[j - 1], u = P[j];
+        C[j] = rc[j] + (d < u ? d : u);
+    }
+    V left = dtw_inf<V>();
+    for (int64_t j = lo; j < hi; ++j) {
+        const V via_left = rc[j] + left;
+        left = C[j] < via_left ? C[j] : via_left;
+        C[j] = left;
+    }
+}
+
+// Moves of columns [lo, hi) (after row_values) into mv[0..hi-lo).
+template <class V, int kTie>
+void row_moves(const V* P, const V* C, int64_t lo, int64_t hi, uint8_t* mv) {
+    if (hi <= lo) return;
+    mv[0] = dtw_choose<V>(P[lo - 1], P[lo], dtw_inf<V>(), kTie);
+    for (int64_t j = lo + 1; j < hi; ++j) mv[j - lo] = dtw_choose<V>(P[j - 1], P[j], C[j - 1], kTie);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Band (and full matrix) pass
+// ---------------------------------------------------------------------------------------------
+
+struct Candidate {
+    OutVec<int32_t> path_p, path_s;  // in order, from (0, 0)
+    std::vector<uint8_t> moves;           // move taken at each path cell (unused at (0, 0))
+    int64_t cost = 0;
+};
 
 inline bool in_band(const Band& b, int64_t i, int64_t j) { return i >= 0 && j >= b.lo[i] && j < b.hi[i]; }
 
-// Fills D row by row inside the band, then traces back. Returns false when the band is not
-// the full matrix and the path has a predecessor outside the band (the caller widens).
-bool run_band(const TokenTable& tp, const int32_t* ip, int64_t n, const TokenTable& ts, const int32_t* is, int64_t m,
-              int tie, const Band& b, bool is_full, DtwWork& w, AlignResult& out) {
-    // D rows are stored shifted by one (index j + 1 holds column j; index 0 is column -1).
-    w.prev.assign(m + 1, kDtwInf);
-    w.cur.assign(m + 1, kDtwInf);
-    w.prev[0] = 0;  // D[-1][-1] = 0: row 0 starts from it, all other borders are inf
-    w.moves.assign(static_cast<size_t>(b.cells / 4), 0);
-    w.rowcost.resize(m);
-    const int64_t entries = w.p_distinct * w.s_distinct;
-    if (w.cache.empty() && entries <= kMaxCacheEntries && entries <= b.band_cells / 2)
-        w.cache.assign(static_cast<size_t>(entries), -1);  // pays off only when cells repeat
-    RowPattern pat_str, pat_raw;
-    uint32_t* scratch = w.scratch.data();
-    int32_t* rowcost = w.rowcost.data();
+// Fills D row by row inside the band, then traces back. Returns false when the band is not the
+// full matrix and the path has a predecessor outside the band (the caller widens).
+template <class V, int kTie>
+bool run_band(DtwPairCosts& costs, int64_t n, int64_t m, const Band& b, bool is_full, Candidate& out) {
+    DtwRows<V> rows;
+    rows.init(m);
+    std::vector<uint8_t> moves(static_cast<size_t>(b.cells / 4), 0);
     int64_t plo = 0, phi = 0;  // previous row's range (row -1: only column -1)
     for (int64_t i = 0; i < n; ++i) {
-        const int64_t a = ip[i];
         const int64_t lo = b.lo[i], hi = b.hi[i];
-        // 1. Costs of the row's band cells.
-        pat_str.prepare(tp.stripped(a), tp.stripped_len(a));
-        pat_raw.prepare(tp.raw(a), tp.raw_len(a));
-        const bool a_has_str = tp.stripped_len(a) > 0;
-        int32_t* crow = w.cache.empty() ? nullptr : w.cache.data() + static_cast<int64_t>(w.p_local[i]) * w.s_distinct;
-        for (int64_t j = lo; j < hi; ++j) {
-            int cost = crow ? crow[w.s_local[j]] : -1;
-            if (cost < 0) {
-                const int64_t bt = is[j];
-                const int sl = ts.stripped_len(bt);
-                // Same rule as dtw_token_cost(): stripped strings unless either is empty.
-                cost = (a_has_str && sl > 0) ? pat_str.distance(ts.stripped(bt), sl, scratch)
-                                             : pat_raw.distance(ts.raw(bt), ts.raw_len(bt), scratch);
-                if (crow) crow[w.s_local[j]] = cost;
-            }
-            rowcost[j] = cost;
+        costs.begin_row(i);
+        costs.row_costs(lo, hi, rows.rc.data());
+        V* P = rows.prev;
+        if (i > 0) {  // previous-row cells outside its band read as inf
+            for (int64_t j = std::max(phi, lo); j < hi; ++j) P[j] = dtw_inf<V>();
+            if (lo - 1 < plo) P[lo - 1] = dtw_inf<V>();
         }
-        // 2. Previous-row cells outside its band read as inf.
-        int64_t* P = w.prev.data() + 1;  // P[j] = D[i-1][j], P[-1] valid
-        int64_t* C = w.cur.data() + 1;
-        if (i > 0) {
-            for (int64_t j = std::max(phi, lo); j < hi; ++j) P[j] = kDtwInf;
-            if (lo - 1 < plo) P[lo - 1] = kDtwInf;
-        }
-        // 3. D values and moves, 4 moves per byte.
-        uint8_t* mv_row = w.moves.data() + b.off[i] / 4;
-        int64_t left = kDtwInf;
-        uint8_t pack = 0;
-        for (int64_t j = lo; j < hi; ++j) {
-            uint8_t mv;
-            left = dtw_cell(rowcost[j], P[j - 1], P[j], left, tie, &mv);
-            C[j] = left;
-            const int64_t k = j - lo;
-            pack |= static_cast<uint8_t>(mv << ((k & 3) * 2));
-            if ((k & 3) == 3) { mv_row[k >> 2] = pack; pack = 0; }
-        }
-        if (((hi - lo) & 3) != 0) mv_row[(hi - lo - 1) >> 2] = pack;
-        std::swap(w.prev, w.cur);
-        if (i == 0) w.cur[0] = kDtwInf;  // the D[-1][-1] = 0 seed must not leak into later rows
+        row_values<V>(rows.rc.data(), P, rows.cur, lo, hi);
+        row_moves<V, kTie>(P, rows.cur, lo, hi, rows.mv.data());
+        pack_moves(rows.mv.data(), hi - lo, moves.data() + b.off[i] / 4);
+        rows.swap();
+        if (i == 0) rows.cur[-1] = dtw_inf<V>();  // the D[-1][-1] = 0 seed must not leak into later rows
         plo = lo;
         phi = hi;
     }
-    out.cost = w.prev[m];
+    out.cost = static_cast<int64_t>(rows.prev[m - 1]);
     // Traceback from the end, exactly as FuseChat: record the cell, follow its move.
     out.path_p.clear();
     out.path_s.clear();
+    out.moves.clear();
     int64_t i = n - 1, j = m - 1;
-    bool touched = false;
     while (i > 0 || j > 0) {
+        if (!is_full && ((i > 0 && j > 0 && !in_band(b, i - 1, j - 1)) || (i > 0 && !in_band(b, i - 1, j)) ||
+                         (j > 0 && !in_band(b, i, j - 1))))
+            return false;  // a predecessor was not evaluated: the choice may be wrong
+        const uint8_t mv = packed_move(moves, b.off[i] + (j - b.lo[i]));
         out.path_p.push_back(static_cast<int32_t>(i));
         out.path_s.push_back(static_cast<int32_t>(j));
-        if (!is_full) {
-            // Every existing predecessor must have been evaluated, or the choice may differ.
-            if ((i > 0 && j > 0 && !in_band(b, i - 1, j - 1)) || (i > 0 && !in_band(b, i - 1, j)) ||
-                (j > 0 && !in_band(b, i, j - 1))) {
-                touched = true;
-                break;
-            }
-        }
-        const int64_t idx = b.off[i] + (j - b.lo[i]);
-        const uint8_t mv = (w.moves[idx >> 2] >> ((idx & 3) * 2)) & 3;
+        out.moves.push_back(mv);
         if (mv == kMoveDiag) { --i; --j; }
         else if (mv == kMovePivot) { --i; }
         else { --j; }
         if (i < 0 || j < 0 || !in_band(b, i, j)) throw std::logic_error("dtw: traceback left the band (internal error)");
     }
-    if (touched) return false;
+    out.path_p.push_back(0);
+    out.path_s.push_back(0);
+    out.moves.push_back(0);
+    std::reverse(out.path_p.begin(), out.path_p.end());
+    std::reverse(out.path_s.begin(), out.path_s.end());
+    std::reverse(out.moves.begin(), out.moves.end());
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pruned pass (exact for every cell on a path of cost <= U)
+// ---------------------------------------------------------------------------------------------
+
+struct PrunedRow {
+    int64_t start, stop;  // evaluated columns [start, stop)
+    int64_t first, end;   // columns with D <= limit lie in [first, end)
+};
+
+// One row of the pruned pass with threshold `limit` (U minus a lower bound of the rows below).
+// [pf, ph) are the previous row's columns within its limit (row -1: [-1, 0), i.e. only
+// D[-1][-1] = 0); everything else in P reads as inf. Writes C on [start, stop) and, with kStore,
+// the moves of [start, stop) into rows.mv[0..).
+template <class V, int kTie, bool kStore>
+PrunedRow pruned_row(DtwPairCosts& costs, DtwRows<V>& rows, int64_t i, int64_t m, V limit, int64_t pf, int64_t ph) {
+    V* P = rows.prev;
+    V* C = rows.cur;
+    V* rc = rows.rc.data();
+    const V inf = dtw_inf<V>();
+    costs.begin_row(i);
+    const int64_t start = pf < 0 ? 0 : pf;
+    if (pf >= 0) P[pf - 1] = inf;  // beyond the limit or never evaluated: inf is equivalent
+    int64_t first = -1, last = -1;
+    // Columns under the previous row's kept range: diagonal and vertical predecessors exist.
+    if (ph > start) {
+        costs.row_costs(start, ph, rc);
+        row_values<V>(rc, P, C, start, ph);
+        if (kStore) row_moves<V, kTie>(P, C, start, ph, rows.mv.data());
+        for (int64_t j = start; j < ph; ++j)
+            if (C[j] <= limit) { first = j; break; }
+        if (first >= 0)
+            for (int64_t j = ph - 1; j >= first; --j)
+                if (C[j] <= limit) { last = j; break; }
+    }
+    // Past it: at j == ph only the diagonal, then only the left neighbour; stop above the limit
+    // (D only grows along the row from here on).
+    V left = ph > start ? C[ph - 1] : inf;
+    int64_t j = ph;
+    for (; j < m; ++j) {
+        uint8_t move;
+        const V v = dtw_cell<V>(static_cast<V>(costs.cost(j)), j == ph ? P[j - 1] : inf, inf, left, kTie, &move);
+        if (v > limit) break;
+        left = v;
+        C[j] = v;
+        if (kStore) rows.mv[j - start] = move;
+        if (first < 0) first = j;
+        last = j;
+    }
+    if (first < 0) throw std::logic_error("dtw: pruned pass lost every cell (internal error)");
+    return {start, j, first, last + 1};
+}
+
+[[noreturn]] void too_many_cells(int64_t n, int64_t m, int64_t budget) {
+    throw std::invalid_argument("dtw: the exact banded DTW of " + std::to_string(n) + " x " + std::to_string(m) +
+                                " tokens needs more than " + std::to_string(budget) +
+                                " cells (the sequences do not follow the band); use span alignment or shorter "
+                                "inputs");
+}
+
+// True when the full DTW's traceback takes exactly the candidate's moves. O(m) memory.
+template <class V, int kTie>
+bool verify_candidate(DtwPairCosts& costs, int64_t n, int64_t m, const Candidate& cand,
+                      const std::vector<int64_t>& rest, int64_t budget) {
+    const int64_t U = cand.cost;
+    DtwRows<V> rows;
+    rows.init(m);
+    int64_t pf = -1, ph = 0, k = 0, evaluated = 0;
+    const int64_t L = static_cast<int64_t>(cand.path_p.size());
+    const V inf = dtw_inf<V>();
+    auto read = [inf](const V* row, int64_t j, int64_t lo, int64_t hi) { return j >= lo && j < hi ? row[j] : inf; };
+    PrunedRow r{0, 0, 0, 0};
+    for (int64_t i = 0; i < n; ++i) {
+        r = pruned_row<V, kTie, false>(costs, rows, i, m, static_cast<V>(U - rest[i + 1]), pf, ph);
+        evaluated += r.stop - r.start;
+        if (evaluated > budget) too_many_cells(n, m, budget);
+        const V* P = rows.prev;
+        const V* C = rows.cur;
+        for (; k < L && cand.path_p[k] == i; ++k) {
+            const int64_t j = cand.path_s[k];
+            if (k == 0) continue;  // (0, 0): no move
+            const V diag = i > 0 ? read(P, j - 1, pf, ph) : inf;
+            const V up = i > 0 ? read(P, j, pf, ph) : inf;
+            const V left = read(C, j - 1, r.start, r.stop);
+            if (dtw_choose<V>(diag, up, left, kTie) != cand.moves[k]) return false;
+        }
+        pf = r.first;
+        ph = r.end;
+        rows.swap();
+    }
+    // Same moves from the same end cell: the same path, so D[n-1][m-1] == U.
+    return r.end == m && static_cast<int64_t>(rows.prev[m - 1]) == U;
+}
+
+// The exact DTW path from the pruned pass with stored moves (ragged rows).
+template <class V, int kTie>
+void exact_pruned(DtwPairCosts& costs, int64_t n, int64_t m, int64_t U, const std::vector<int64_t>& rest,
+                  int64_t budget, AlignResult& out) {
+    DtwRows<V> rows;
+    rows.init(m);
+    std::vector<int64_t> lo(n), hi(n), off(n + 1, 0);
+    std::vector<uint8_t> moves;
+    int64_t pf = -1, ph = 0, evaluated = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const PrunedRow r = pruned_row<V, kTie, true>(costs, rows, i, m, static_cast<V>(U - rest[i + 1]), pf, ph);
+        evaluated += r.stop - r.start;
+        if (evaluated > budget) too_many_cells(n, m, budget);
+        // Keep the moves of [start, end): the traceback only visits cells within the limit.
+        lo[i] = r.start;
+        hi[i] = r.end;
+        const int64_t cnt = r.end - r.start;
+        off[i + 1] = off[i] + (cnt + 3) / 4;
+        moves.resize(static_cast<size_t>(off[i + 1]));
+        pack_moves(rows.mv.data(), cnt, moves.data() + off[i]);
+        pf = r.first;
+        ph = r.end;
+        rows.swap();
+    }
+    out.cost = static_cast<int64_t>(rows.prev[m - 1]);
+    if (ph != m || out.cost > U) throw std::logic_error("dtw: pruned pass lost the end cell (internal error)");
+    out.path_p.clear();
+    out.path_s.clear();
+    int64_t i = n - 1, j = m - 1;
+    while (i > 0 || j > 0) {
+        out.path_p.push_back(static_cast<int32_t>(i));
+        out.path_s.push_back(static_cast<int32_t>(j));
+        const uint8_t move = packed_move(moves, off[i] * 4 + (j - lo[i]));
+        if (move == kMoveDiag) { --i; --j; }
+        else if (move == kMovePivot) { --i; }
+        else { --j; }
+        if (i < 0 || j < 0 || j < lo[i] || j >= hi[i])
+            throw std::logic_error("dtw: traceback left the pruned cells (internal error)");
+    }
     out.path_p.push_back(0);
     out.path_s.push_back(0);
     std::reverse(out.path_p.begin(), out.path_p.end());
     std::reverse(out.path_s.begin(), out.path_s.end());
-    return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driver
+// ---------------------------------------------------------------------------------------------
+
+template <class V, int kTie>
+void dtw_impl(DtwPairCosts& costs, const TokenTable& tp, const int32_t* ip, int64_t n, const TokenTable& ts,
+              const int32_t* is, int64_t m, int64_t band, int64_t max_cells, AlignResult& out) {
+    const double total = static_cast<double>(n) * static_cast<double>(m);
+    if (band >= 0) {
+        // Cumulative weights, source rescaled to the pivot's total.
+        std::vector<double> pc(n + 1, 0.0), sc(m + 1, 0.0);
+        for (int64_t i = 0; i < n; ++i) pc[i + 1] = pc[i] + static_cast<double>(tp.weight(ip[i]));
+        for (int64_t j = 0; j < m; ++j) sc[j + 1] = sc[j] + static_cast<double>(ts.weight(is[j]));
+        if (pc[n] <= 0 || sc[m] <= 0) {  // nothing to go by: token positions
+            for (int64_t i = 0; i <= n; ++i) pc[i] = static_cast<double>(i);
+            for (int64_t j = 0; j <= m; ++j) sc[j] = static_cast<double>(j);
+        }
+        const double scale = pc[n] / sc[m];
+        for (auto& x : sc) x *= scale;
+        const double per_token = pc[n] / static_cast<double>(n);
+        // Auto: 64 weight units (~ bytes of text), at least 8 pivot tokens' worth.
+        double radius = band > 0 ? static_cast<double>(band) : std::max(64.0, 8.0 * per_token);
+        // The pruned pass touches most distinct token pairs: fill the cost table up front (SIMD)
+        // unless it is large compared to the matrix.
+        if (static_cast<double>(costs.entries()) <= 0.125 * total) costs.fill_all();
+        Candidate cand;
+        bool have = false;
+        for (;;) {
+            Band b = weight_band(pc, sc, n, m, radius);
+            if (static_cast<double>(b.band_cells) >= 0.5 * total) break;  // cheaper to do it all
+            have = run_band<V, kTie>(costs, n, m, b, false, cand);
+            if (have) break;
+            radius *= 2.0;
+        }
+        if (have) {
+            // Rows still to come cost at least their cheapest cell: a cell of row i can lie on a
+            // path of cost <= U only if D <= U - rest[i + 1] (PrunedDTW with a lower bound).
+            std::vector<int64_t> rest;
+            if (!costs.row_rest_bounds(rest)) rest.assign(static_cast<size_t>(n + 1), 0);
+            const bool same = verify_candidate<V, kTie>(costs, n, m, cand, rest, max_cells);
+            if (same) {
+                out.cost = cand.cost;
+                out.path_p = std::move(cand.path_p);
+                out.path_s = std::move(cand.path_s);
+                out.band = static_cast<int64_t>(radius);
+                return;
+            }
+            exact_pruned<V, kTie>(costs, n, m, cand.cost, rest, max_cells, out);
+            out.band = -1;
+            return;
+        }
+    }
+    if (total > static_cast<double>(max_cells))
+        throw std::invalid_argument("dtw: full matrix of " + std::to_string(n) + " x " + std::to_string(m) +
+                                    " cells is too large; use band='auto' or span alignment");
+    if (static_cast<double>(costs.entries()) <= 0.5 * total) costs.fill_all();
+    Band b = full_band(n, m);
+    Candidate cand;
+    run_band<V, kTie>(costs, n, m, b, true, cand);
+    out.cost = cand.cost;
+    out.path_p = std::move(cand.path_p);
+    out.path_s = std::move(cand.path_s);
+    out.band = -1;
 }
 
 }  // namespace
 
 AlignResult dtw_align(const TokenTable& tp, const int32_t* ip, int64_t n, const TokenTable& ts, const int32_t* is,
-                      int64_t m, int tie, int64_t band) {
+                      int64_t m, int tie, int64_t band, int64_t max_cells) {
     if (tie != kTiePivotFirst && tie != kTieSourceFirst) throw std::invalid_argument("dtw: unknown tie-break code");
+    if (max_cells < 1) throw std::invalid_argument("dtw: max_cells must be positive");
     for (int64_t i = 0; i < n; ++i)
         if (ip[i] < 0 || ip[i] >= tp.size())
             throw std::invalid_argument("dtw: pivot id " + std::to_string(ip[i]) + " at position " + std::to_string(i) +
@@ -242,46 +430,18 @@ AlignResult dtw_align(const TokenTable& tp, const int32_t* ip, int64_t n, const 
         return out;
     }
     if (n > INT32_MAX || m > INT32_MAX) throw std::invalid_argument("dtw: sequences longer than 2^31 tokens");
-    DtwWork w;
-    w.scratch.assign(static_cast<size_t>(std::max(tp.max_len(), ts.max_len())) + 2, 0);
-    {
-        int64_t pd = 0;
-        w.p_local = dense_ids(ip, n, &pd);
-        w.s_local = dense_ids(is, m, &w.s_distinct);
-        w.p_distinct = pd;
-    }
-    const double total = static_cast<double>(n) * static_cast<double>(m);
-    if (band >= 0) {
-        // Cumulative weights, source rescaled to the pivot's total.
-        std::vector<double> pc(n + 1, 0.0), sc(m + 1, 0.0);
-        for (int64_t i = 0; i < n; ++i) pc[i + 1] = pc[i] + static_cast<double>(tp.weight(ip[i]));
-        for (int64_t j = 0; j < m; ++j) sc[j + 1] = sc[j] + static_cast<double>(ts.weight(is[j]));
-        if (pc[n] <= 0 || sc[m] <= 0) {  // nothing to go by: token positions
-            for (int64_t i = 0; i <= n; ++i) pc[i] = static_cast<double>(i);
-            for (int64_t j = 0; j <= m; ++j) sc[j] = static_cast<double>(j);
-        }
-        const double scale = pc[n] / sc[m];
-        for (auto& x : sc) x *= scale;
-        const double per_token = pc[n] / static_cast<double>(n);
-        // Auto: 64 weight units (~ bytes of text), at least 8 pivot tokens' worth.
-        double radius = band > 0 ? static_cast<double>(band) : std::max(64.0, 8.0 * per_token);
-        for (;;) {
-            Band b = weight_band(pc, sc, n, m, radius);
-            if (static_cast<double>(b.band_cells) >= 0.5 * total) break;  // cheaper to do it all
-            if (run_band(tp, ip, n, ts, is, m, tie, b, false, w, out)) {
-                out.band = static_cast<int64_t>(radius);
-                finish_result(out);
-                return out;
-            }
-            radius *= 2.0;
-        }
-    }
-    if (total > static_cast<double>(kMaxFullCells))
-        throw std::invalid_argument("dtw: full matrix of " + std::to_string(n) + " x " + std::to_string(m) +
-                                    " cells is too large; use band='auto' or span alignment");
-    Band b = full_band(n, m);
-    run_band(tp, ip, n, ts, is, m, tie, b, true, w, out);
-    out.band = -1;
+    DtwPairCosts costs(tp, ip, n, ts, is, m);
+    // int32 D values (half the memory traffic) whenever no path sum can come near 2^29.
+    const double max_cost = static_cast<double>(std::max(tp.max_len(), ts.max_len())) + 1.0;
+    const bool narrow = static_cast<double>(n + m + 2) * max_cost < static_cast<double>(INT64_C(1) << 29);
+    if (narrow && tie == kTiePivotFirst)
+        dtw_impl<int32_t, kTiePivotFirst>(costs, tp, ip, n, ts, is, m, band, max_cells, out);
+    else if (narrow)
+        dtw_impl<int32_t, kTieSourceFirst>(costs, tp, ip, n, ts, is, m, band, max_cells, out);
+    else if (tie == kTiePivotFirst)
+        dtw_impl<int64_t, kTiePivotFirst>(costs, tp, ip, n, ts, is, m, band, max_cells, out);
+    else
+        dtw_impl<int64_t, kTieSourceFirst>(costs, tp, ip, n, ts, is, m, band, max_cells, out);
     finish_result(out);
     return out;
 }

@@ -52,29 +52,40 @@ AlignResult span_align(const int64_t* po, int64_t n, const int64_t* so, int64_t 
             while (j < m && so[2 * j] < end) { end = std::max(end, so[2 * j + 1]); ++j; grew = true; }
             if (!grew) break;
         }
-        g.insert(g.end(), {i0, i, j0, j});
+        g.push_back(i0);
+        g.push_back(i);
+        g.push_back(j0);
+        g.push_back(j);
     }
     g[g.size() - 3] = n;
     g[g.size() - 1] = m;
     // 2. Path inside each group: advance the side whose current token ends first (pivot on
-    //    equal ends), so the cells are the overlapping pairs and the group stays connected.
+    //    equal ends), so the cells are the overlapping pairs and the group stays connected. A
+    //    group of a pivot and b source tokens has a + b - 1 cells: the path has n + m - G.
     const int64_t G = static_cast<int64_t>(g.size()) / 4;
-    out.path_p.reserve(static_cast<size_t>(n + m));
-    out.path_s.reserve(static_cast<size_t>(n + m));
+    const int64_t L = n + m - G;
+    out.path_p.resize(static_cast<size_t>(L));
+    out.path_s.resize(static_cast<size_t>(L));
+    int32_t* PP = out.path_p.data();
+    int32_t* PS = out.path_s.data();
+    int64_t k = 0;
     for (int64_t q = 0; q < G; ++q) {
         const int64_t i0 = g[4 * q], i1 = g[4 * q + 1], j0 = g[4 * q + 2], j1 = g[4 * q + 3];
         int64_t a = i0, b = j0;
-        out.path_p.push_back(static_cast<int32_t>(a));
-        out.path_s.push_back(static_cast<int32_t>(b));
+        PP[k] = static_cast<int32_t>(a);
+        PS[k] = static_cast<int32_t>(b);
+        ++k;
         while (a < i1 - 1 || b < j1 - 1) {
             if (a == i1 - 1) ++b;
             else if (b == j1 - 1) ++a;
             else if (po[2 * a + 1] <= so[2 * b + 1]) ++a;
             else ++b;
-            out.path_p.push_back(static_cast<int32_t>(a));
-            out.path_s.push_back(static_cast<int32_t>(b));
+            PP[k] = static_cast<int32_t>(a);
+            PS[k] = static_cast<int32_t>(b);
+            ++k;
         }
     }
+    if (k != L) throw std::logic_error("span: path length mismatch (internal error)");
     // 3. Stretches of consecutive groups that contain a token outside the shared text.
     if (stretches && (pdirty || sdirty)) {
         bool open = false;

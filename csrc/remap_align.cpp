@@ -105,7 +105,7 @@ struct Scratch {
 
 // One pair; returns its groups (flattened) and the AlignPath used.
 uint8_t align_one(const TokenBytes& pb, const int32_t* pids, int64_t n, const TokenBytes& sb, const int32_t* sids,
-                  int64_t m, int64_t max_diff, int tie, Scratch& w, std::vector<int64_t>& groups) {
+                  int64_t m, int64_t max_diff, int tie, Scratch& w, OutVec<int64_t>& groups) {
     spell(pb, pids, n, "pivot", w.tp, w.po);
     spell(sb, sids, m, "source", w.ts, w.so);
     if (n == 0 || m == 0) {
@@ -135,8 +135,8 @@ uint8_t align_one(const TokenBytes& pb, const int32_t* pids, int64_t n, const To
     full.n = n;
     full.m = m;
     full.cost = -1;
-    const std::vector<int32_t>& path_p = raw.path_p;
-    const std::vector<int32_t>& path_s = raw.path_s;
+    const OutVec<int32_t>& path_p = raw.path_p;
+    const OutVec<int32_t>& path_s = raw.path_s;
     size_t at = 0;
     for (size_t q = 0; q < w.stretches.size() / 4; ++q) {
         const int64_t p0 = w.stretches[4 * q], p1 = w.stretches[4 * q + 1];
@@ -179,7 +179,7 @@ std::string align_batch(const TokenBytes& pivot_bytes, const int32_t* pivot_ids,
 #else
     (void)num_threads;
 #endif
-    std::vector<std::vector<int64_t>> groups(static_cast<size_t>(n_seq));
+    std::vector<OutVec<int64_t>> groups(static_cast<size_t>(n_seq));
     out.path.assign(static_cast<size_t>(n_seq), ALIGN_EMPTY);
     int64_t first_bad = n_seq;
     std::string message;

@@ -12,9 +12,15 @@ compact :class:`Alignment`:
   the step that decrements the pivot index, then the one that decrements the source index.
   ``tie_break="source_first"`` swaps the last two, which is what FuseChat's own training code
   gets because it calls ``dtw(blending_tokens, base_tokens)`` (source first).
-  ``band="auto"`` (or an int) evaluates only a band around the diagonal of cumulative
-  text lengths and widens it until no cell of the traced path has a predecessor outside it;
-  memory is O(n * band) instead of O(n * m).
+  ``band="auto"`` (or an int) gives exactly the full DTW's result (same path, same tie-breaks)
+  at a fraction of the cost: DTW inside a band around the diagonal of cumulative text lengths
+  (widened while the traced path touches its edge) yields a candidate path of cost U; a pruned
+  forward pass (PrunedDTW) then computes the exact D of every cell that can lie on a path of
+  cost <= U (two rows of memory) and checks that the full DTW's traceback takes the candidate's
+  moves; if not, the pruned pass is rerun keeping its moves (O(kept cells) memory). On real text
+  the work stays near the band for a few thousand tokens and grows roughly quadratically with
+  length (100k tokens: seconds); inputs that do not follow the band at all (unrelated or highly
+  repetitive sequences) degrade toward the full matrix and are refused above ``max_cells``.
 * :func:`span` -- exact O(n + m) alignment from character offsets into one text: groups are the
   minimal chunks whose boundaries coincide in both tokenizations. Where the two texts differ
   (e.g. different chat templates) the differing stretches fall back to DTW.
@@ -77,7 +83,8 @@ class Alignment:
     (``p2s_indptr``/``p2s_indices``, ``s2p_indptr``/``s2p_indices``). ``groups`` (int64 [G, 4]:
     pivot_start, pivot_end, source_start, source_end, half-open) are the connected components
     of the path, contiguous and in order. ``cost`` is the DTW cost (-1 for span alignment);
-    ``band`` the final band radius used (-1 = full matrix / not banded).
+    ``band`` the final band radius when the banded candidate was exact, -1 when the full matrix
+    or the exact pruned pass produced the path.
     """
 
     __slots__ = ("n", "m", "path", "p2s_indptr", "p2s_indices", "s2p_indptr", "s2p_indices", "groups",
@@ -86,7 +93,7 @@ class Alignment:
     def __init__(self, raw: dict, method: str):
         self.n: int = int(raw["n"])
         self.m: int = int(raw["m"])
-        self.path: np.ndarray = np.stack([raw["path_p"], raw["path_s"]], axis=1).astype(np.int32, copy=False)
+        self.path: np.ndarray = raw["path"]
         self.p2s_indptr: np.ndarray = raw["p2s_indptr"]
         self.p2s_indices: np.ndarray = raw["p2s_indices"]
         self.s2p_indptr: np.ndarray = raw["s2p_indptr"]
@@ -113,6 +120,26 @@ class Alignment:
     def __repr__(self) -> str:
         return "Alignment(method=%r, n=%d, m=%d, groups=%d, kinds=%s, cost=%d)" % (
             self.method, self.n, self.m, len(self), self.kind_counts, self.cost)
+
+
+def _from_flat(flat: dict, method: str) -> List[Alignment]:
+    """Alignments viewing the concatenated arrays of a ``_core.*_batch_flat`` result."""
+    path, path_p, path_s = flat["path"], flat["path_p"], flat["path_s"]
+    p2s, s2p, groups = flat["p2s_indptr"], flat["s2p_indptr"], flat["groups"]
+    new = Alignment.__new__
+    out = []
+    for n, m, l0, ln, pp0, sp0, g0, gn, k11, k1n, kn1, knm, cost, band in flat["items"].tolist():
+        a = new(Alignment)
+        a.n, a.m, a.method, a.cost, a.band = n, m, method, cost, band
+        a.path = path[l0:l0 + ln]
+        a.s2p_indices = path_p[l0:l0 + ln]
+        a.p2s_indices = path_s[l0:l0 + ln]
+        a.p2s_indptr = p2s[pp0:pp0 + n + 1]
+        a.s2p_indptr = s2p[sp0:sp0 + m + 1]
+        a.groups = groups[g0:g0 + gn]
+        a.kind_counts = {"1:1": k11, "1:n": k1n, "n:1": kn1, "n:m": knm}
+        out.append(a)
+    return out
 
 
 def _csr_lists(indptr: np.ndarray, indices: np.ndarray) -> List[List[int]]:
@@ -146,8 +173,16 @@ def _call(fn, *args):
         raise TokalignError("align: %s" % exc) from None
 
 
+def _cells_code(max_cells: Optional[int]) -> int:
+    if max_cells is None:
+        return int(_core.DTW_MAX_CELLS)
+    if isinstance(max_cells, (int, np.integer)) and not isinstance(max_cells, bool) and max_cells > 0:
+        return int(max_cells)
+    raise TokalignError("align: max_cells must be None or a positive int, got %r" % (max_cells,))
+
+
 def dtw(pivot_tokens: Sequence[Optional[str]], source_tokens: Sequence[Optional[str]], *,
-        tie_break: str = "fusechat", band: BandArg = None) -> Alignment:
+        tie_break: str = "fusechat", band: BandArg = None, max_cells: Optional[int] = None) -> Alignment:
     """FuseChat DTW alignment of two token-string sequences.
 
     Args:
@@ -155,14 +190,18 @@ def dtw(pivot_tokens: Sequence[Optional[str]], source_tokens: Sequence[Optional[
         source_tokens: source vocabulary strings.
         tie_break: ``"fusechat"`` (= ``"pivot_first"``) or ``"source_first"``; see the module doc.
         band: ``None`` full matrix; ``"auto"`` or a positive int (initial radius in approximate
-            bytes of text) for the self-widening band, O(n * band) memory.
+            bytes of text) for the exact banded DTW (same result as ``None``, see the module doc).
+        max_cells: cell budget (default 2**32): the full matrix, and each pass of the banded
+            DTW, refuse to evaluate more cells than this (TokalignError) instead of running for
+            minutes or exhausting memory.
 
     Returns:
         An :class:`Alignment` (``cost`` = DTW cost). Either sequence empty: empty alignment.
     """
     if isinstance(pivot_tokens, str) or isinstance(source_tokens, str):
         raise TokalignError("align.dtw: expected sequences of token strings, got a plain str")
-    raw = _call(_core.dtw_tokens, list(pivot_tokens), list(source_tokens), _tie_code(tie_break), _band_code(band))
+    raw = _call(_core.dtw_tokens, list(pivot_tokens), list(source_tokens), _tie_code(tie_break), _band_code(band),
+                _cells_code(max_cells))
     return Alignment(raw, "dtw")
 
 
@@ -290,7 +329,7 @@ def batch(pivot_ids: Optional[Sequence] = None, source_ids: Optional[Sequence] =
           pivot_table: Optional["TokenTable"] = None, source_table: Optional["TokenTable"] = None,
           method: str = "dtw", band: BandArg = "auto", tie_break: str = "fusechat",
           pivot_offsets: Optional[Sequence] = None, source_offsets: Optional[Sequence] = None,
-          num_threads: int = 0, device: str = "cpu") -> List[Alignment]:
+          num_threads: int = 0, max_cells: Optional[int] = None, device: str = "cpu") -> List[Alignment]:
     """Aligns many pairs in C++ with the GIL released, pairs spread over ``num_threads`` OpenMP
     threads (0 = all cores).
 
@@ -303,6 +342,7 @@ def batch(pivot_ids: Optional[Sequence] = None, source_ids: Optional[Sequence] =
     ``pivot_table``/``source_table`` (:class:`TokenTable`, built once per vocabulary), or lists of
     token strings when no tables are given. ``method="span"``: ``pivot_offsets[k]``/``source_offsets[k]``
     are [n, 2] char offsets of one shared text per pair (no text diff in batch mode; use :func:`span`).
+    ``max_cells`` is the per-pair DTW cell budget (see :func:`dtw`).
     """
     tie = _tie_code(tie_break)
     if method == "span":
@@ -311,9 +351,11 @@ def batch(pivot_ids: Optional[Sequence] = None, source_ids: Optional[Sequence] =
         if len(pivot_offsets) != len(source_offsets):
             raise TokalignError("align.batch: %d pivot_offsets but %d source_offsets"
                                 % (len(pivot_offsets), len(source_offsets)))
-        po = [_offsets(o, "pivot") for o in pivot_offsets]
-        so = [_offsets(o, "source") for o in source_offsets]
-        return [Alignment(r, "span") for r in _call(_core.span_batch, po, so, int(num_threads))]
+        # Validation, alignment and result assembly in C++; the results come back concatenated
+        # and each Alignment holds views of them (no per-pair arrays built in C++ or Python).
+        flat = _call(_core.span_batch_flat, [np.asarray(o) for o in pivot_offsets],
+                     [np.asarray(o) for o in source_offsets], int(num_threads))
+        return _from_flat(flat, "span")
     if method != "dtw":
         raise TokalignError("align.batch: method must be 'dtw' or 'span', got %r" % (method,))
     if pivot_ids is None or source_ids is None:
@@ -346,5 +388,5 @@ def batch(pivot_ids: Optional[Sequence] = None, source_ids: Optional[Sequence] =
 
         raws, _ = _dtw_batch_cuda(pt, pids, st, sids, tie, code, int(num_threads))
     else:
-        raws = _call(_core.dtw_batch, pt, pids, st, sids, tie, code, int(num_threads))
+        raws = _call(_core.dtw_batch, pt, pids, st, sids, tie, code, int(num_threads), _cells_code(max_cells))
     return [Alignment(r, "dtw") for r in raws]

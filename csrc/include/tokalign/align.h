@@ -1,7 +1,10 @@
 // Sequence alignment core: token tables, DTW (full / banded), span alignment, result building.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tokalign {
@@ -32,31 +35,59 @@ class TokenTable {
     int max_len_ = 0;
 };
 
-// One alignment: the monotone path plus CSR maps both ways and groups.
+// Allocator whose resize() leaves new elements uninitialised: result arrays are written exactly
+// once, so value-initialising them first would only add a pass over fresh memory.
+template <class T>
+struct UninitAllocator : std::allocator<T> {
+    using std::allocator<T>::allocator;
+    UninitAllocator() noexcept = default;
+    template <class U>
+    UninitAllocator(const UninitAllocator<U>&) noexcept {}
+    template <class U>
+    struct rebind {
+        using other = UninitAllocator<U>;
+    };
+    template <class U>
+    void construct(U* p) noexcept {
+        ::new (static_cast<void*>(p)) U;
+    }
+    template <class U, class... Args>
+    void construct(U* p, Args&&... args) {
+        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
+};
+template <class T>
+using OutVec = std::vector<T, UninitAllocator<T>>;
+
+// One alignment: the monotone path plus CSR maps both ways and groups. A monotone path is
+// sorted by (pivot, source) and by (source, pivot), so the CSR index arrays are the path's
+// columns themselves: p2s_indices == path_s and s2p_indices == path_p (not stored twice).
 struct AlignResult {
     int64_t n = 0, m = 0;
-    std::vector<int32_t> path_p, path_s;         // path cells in order
-    std::vector<int64_t> p2s_indptr, s2p_indptr;  // n+1, m+1
-    std::vector<int32_t> p2s_indices, s2p_indices;
-    std::vector<int64_t> groups;                 // G*4: p_start, p_end, s_start, s_end
-    int64_t kinds[4] = {0, 0, 0, 0};             // 1:1, 1:n, n:1, n:m
-    int64_t cost = -1;                           // DTW cost (-1 for span)
-    int64_t band = -1;                           // final band radius, -1 = full matrix
+    OutVec<int32_t> path_p, path_s;         // path cells in order
+    OutVec<int64_t> p2s_indptr, s2p_indptr;  // n+1, m+1
+    OutVec<int64_t> groups;                  // G*4: p_start, p_end, s_start, s_end
+    int64_t kinds[4] = {0, 0, 0, 0};         // 1:1, 1:n, n:1, n:m
+    int64_t cost = -1;                       // DTW cost (-1 for span)
+    int64_t band = -1;                       // final band radius, -1 = full matrix
 };
 
-// Fills CSR maps, groups and kind counts from path_p/path_s (already set in r).
+// Fills the CSR pointers, groups and kind counts from path_p/path_s (already set in r: a path
+// from (0, 0) to (n-1, m-1) with unit steps, or empty).
 void finish_result(AlignResult& r);
 
 // Band argument: < 0 full matrix, 0 automatic, > 0 initial radius in weight units.
 constexpr int64_t kBandFull = -1;
 constexpr int64_t kBandAuto = 0;
-// Full-matrix DTW refuses more cells than this (2 bits per cell => 1 GiB of moves).
+// Default cell budget: the full matrix (2 bits per cell => 1 GiB of moves) and each pass of the
+// exact banded DTW refuse more cells than this.
 constexpr int64_t kMaxFullCells = INT64_C(1) << 32;
 
 // DTW of pivot ids (in tp) against source ids (in ts). Throws std::invalid_argument on bad
-// input. Empty sequences give an empty path.
+// input or when a pass would evaluate more than max_cells cells. Empty sequences give an empty
+// path. Banded results equal the full DTW exactly (see align_dtw.cpp).
 AlignResult dtw_align(const TokenTable& tp, const int32_t* ip, int64_t n, const TokenTable& ts,
-                      const int32_t* is, int64_t m, int tie, int64_t band);
+                      const int32_t* is, int64_t m, int tie, int64_t band, int64_t max_cells = kMaxFullCells);
 
 // Span alignment of char offsets ([n,2] / [m,2], row-major) over the same text.
 // dirty flags (may be null) mark tokens whose chars are not in the shared text; consecutive

@@ -28,19 +28,38 @@ enum DtwTieBreak : int {
     kTieSourceFirst = 1,  // diag, source, pivot: FuseChat's dtw(source_tokens, pivot_tokens)
 };
 
-// The move with the smallest predecessor value, ties broken by `tie`.
-TA_HD uint8_t dtw_choose(int64_t diag, int64_t up, int64_t left, int tie) {
-    if (diag <= up && diag <= left) return kMoveDiag;
-    if (tie == kTieSourceFirst) return left <= up ? kMoveSource : kMovePivot;
-    return up <= left ? kMovePivot : kMoveSource;
+// "Infinity" of a D value type: out-of-grid / out-of-band / pruned cells. Adding costs to it
+// stays far from overflow (int32 is used only when (n + m) * max cost < 2^29).
+template <class V>
+TA_HD V dtw_inf();
+template <>
+TA_HD int64_t dtw_inf<int64_t>() { return kDtwInf; }
+template <>
+TA_HD int32_t dtw_inf<int32_t>() { return INT32_C(0x40000000); }
+
+// The move with the smallest predecessor value, ties broken by `tie`. Branch-free (the
+// comparisons are data dependent and would mispredict).
+template <class V>
+TA_HD uint8_t dtw_choose(V diag, V up, V left, int tie) {
+    const int diag_wins = (diag <= up) & (diag <= left);
+    const int other = tie == kTieSourceFirst ? 2 - static_cast<int>(left > up) : 1 + static_cast<int>(up > left);
+    return static_cast<uint8_t>(diag_wins ? 0 : other);
 }
 
-// D value of a cell; writes its move. Out-of-grid / out-of-band predecessors are kDtwInf.
-TA_HD int64_t dtw_cell(int64_t cost, int64_t diag, int64_t up, int64_t left, int tie, uint8_t* move) {
-    const uint8_t mv = dtw_choose(diag, up, left, tie);
-    *move = mv;
-    const int64_t best = mv == kMoveDiag ? diag : (mv == kMovePivot ? up : left);
-    return cost + best;
+// Smallest of the three predecessor values (the move does not matter for the value).
+template <class V>
+TA_HD V dtw_min3(V diag, V up, V left) {
+    const V du = diag < up ? diag : up;
+    return du < left ? du : left;
+}
+
+// D value of a cell; writes its move. Out-of-grid / out-of-band / pruned predecessors are
+// dtw_inf<V>(). The value does not wait for the move, so a row's dependency chain is one min and
+// one add per cell: D = min(cost + min(diag, up), cost + left).
+template <class V>
+TA_HD V dtw_cell(V cost, V diag, V up, V left, int tie, uint8_t* move) {
+    *move = dtw_choose(diag, up, left, tie);
+    return cost + dtw_min3(diag, up, left);
 }
 
 // Code-point strings are compared with the word-boundary markers U+2581 and U+0120 removed;

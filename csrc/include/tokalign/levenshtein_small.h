@@ -40,6 +40,27 @@ TA_HD int lev_small_step(uint64_t eq, uint64_t& vp, uint64_t& vn, uint64_t last,
     return dist;
 }
 
+// The same step without the running distance (only the vertical deltas of the column); the
+// distance of the whole pattern against t text characters is then
+// t + popcount(vp & mask) - popcount(vn & mask), mask = the pattern's bits.
+TA_HD void lev_small_delta_step(uint64_t eq, uint64_t& vp, uint64_t& vn) {
+    const uint64_t d0 = (((eq & vp) + vp) ^ vp) | eq | vn;
+    uint64_t hp = vn | ~(d0 | vp);
+    uint64_t hn = d0 & vp;
+    hp = (hp << 1) | 1u;
+    hn = hn << 1;
+    vp = hn | ~(d0 | hp);
+    vn = hp & d0;
+}
+
+TA_HD int lev_popcount(uint64_t x) {
+#if defined(__CUDA_ARCH__)
+    return __popcll(x);
+#else
+    return __builtin_popcountll(x);
+#endif
+}
+
 // Distance when len(pattern) is 1..64; text may be any length.
 TA_HD int lev_small_myers(const uint32_t* pattern, int plen, const uint32_t* text, int tlen) {
     uint64_t vp = ~static_cast<uint64_t>(0), vn = 0;
