@@ -1,0 +1,384 @@
+// Fused generalized-task-arithmetic merge kernel (TIES, DARE, task arithmetic) over fp32 buffers.
+// Declarations and the semantics contract: csrc/include/tokalign/merge.h. Bound in csrc/bind_merge.cpp.
+//
+// Work is split into fixed blocks of BLOCK elements (OpenMP static schedule over blocks). Every
+// per-element result depends only on the element's inputs, and every reduction is either an exact
+// integer histogram or a per-block double sum added over blocks in order, so the output is the same
+// for any number of threads.
+// No FP trap is ever enabled here; telling GCC so lets it turn the float compare-and-select loops into
+// SIMD code (the results are IEEE-identical either way).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "tokalign/merge.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace tokalign {
+namespace merge {
+namespace {
+
+constexpr int64_t BLOCK = 4096;  // elements per work unit; even, so an RNG pair never straddles blocks
+constexpr uint64_t GAMMA = 0x9E3779B97F4A7C15ULL;
+constexpr int HI_BINS = 1 << 15;  // top 16 bits of |x|'s pattern (sign bit is 0): 15 significant bits
+constexpr int LO_BINS = 1 << 16;  // low 16 bits
+
+inline uint64_t mix64(uint64_t z) {  // splitmix64's finaliser (Stafford variant 13)
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+// Bit pattern of |d|: for non-negative floats (including +inf) the unsigned order equals the value order.
+inline uint32_t abs_bits(float d) {
+    uint32_t u;
+    std::memcpy(&u, &d, sizeof u);
+    return u & 0x7fffffffu;
+}
+
+inline float from_bits(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+int thread_count(int requested, int64_t n_blocks) {
+#ifdef _OPENMP
+    int64_t t = requested > 0 ? requested : omp_get_max_threads();
+#else
+    int64_t t = 1;
+    (void)requested;
+#endif
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, n_blocks)));
+}
+
+// 32-bit uniforms of elements [s, e) of stream `key` (s even): pair c = i / 2 gives 64 bits, low half
+// for the even element, high half for the odd one.
+void fill_uniforms(uint64_t key, int64_t s, int64_t e, uint32_t* u) {
+    const int64_t len = e - s;
+    const uint64_t c0 = static_cast<uint64_t>(s) / 2;
+    const int64_t pairs = len / 2;
+    for (int64_t p = 0; p < pairs; ++p) {
+        const uint64_t bits = mix64(key + (c0 + static_cast<uint64_t>(p) + 1) * GAMMA);
+        u[2 * p] = static_cast<uint32_t>(bits);
+        u[2 * p + 1] = static_cast<uint32_t>(bits >> 32);
+    }
+    if (len & 1) u[len - 1] = static_cast<uint32_t>(mix64(key + (c0 + static_cast<uint64_t>(pairs) + 1) * GAMMA));
+}
+
+// d[0, e - s) = model's delta over [s, e) with its sparsification applied (before rescale / weight).
+void sparse_delta(const float* base, const ModelInput& m, uint32_t threshold, int64_t s, int64_t e, float* d,
+                  uint32_t* u) {
+    const float* x = m.data + s;
+    const float* b = base + s;
+    const int64_t len = e - s;
+    switch (m.sparsify) {
+        case DROP_ALL:
+            std::fill(d, d + len, 0.0f);
+            break;
+        case MAGNITUDE:
+            for (int64_t i = 0; i < len; ++i) {
+                const float v = x[i] - b[i];
+                d[i] = abs_bits(v) >= threshold ? v : 0.0f;
+            }
+            break;
+        case RANDOM: {
+            fill_uniforms(m.key, s, e, u);
+            const uint32_t below = m.keep_below;
+            for (int64_t i = 0; i < len; ++i) {
+                const float v = x[i] - b[i];
+                d[i] = u[i] < below ? v : 0.0f;
+            }
+            break;
+        }
+        default:  // KEEP_ALL
+            for (int64_t i = 0; i < len; ++i) d[i] = x[i] - b[i];
+    }
+}
+
+// The per-block loops of the final sweep, on non-aliasing buffers so that they vectorize.
+void scale_by(float* __restrict d, float c, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) d[i] = d[i] * c;
+}
+
+void weight_and_sum(float* __restrict d, float w, float* __restrict sum, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) {
+        d[i] = d[i] * w;
+        sum[i] = sum[i] + d[i];
+    }
+}
+
+// TIES disjoint merge: add d (and its weight) where d's sign equals the elected sign of sum (0 -> +).
+void disjoint_add(const float* __restrict sum, const float* __restrict d, float w, float* __restrict mixed,
+                  float* __restrict div, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) {
+        const float elected = sum[i] >= 0.0f ? 1.0f : -1.0f;
+        const bool keep = d[i] * elected > 0.0f;  // same sign as the elected one, and nonzero
+        mixed[i] = mixed[i] + (keep ? d[i] : 0.0f);
+        div[i] = div[i] + (keep ? w : 0.0f);
+    }
+}
+
+void finish_consensus(const float* __restrict mixed, const float* __restrict div, const float* __restrict b,
+                      float* __restrict o, int64_t len, bool normalize, bool apply_lambda, float lambda) {
+    if (normalize && apply_lambda) {
+        for (int64_t i = 0; i < len; ++i) o[i] = (mixed[i] / (div[i] == 0.0f ? 1.0f : div[i])) * lambda + b[i];
+    } else if (normalize) {
+        for (int64_t i = 0; i < len; ++i) o[i] = mixed[i] / (div[i] == 0.0f ? 1.0f : div[i]) + b[i];
+    } else if (apply_lambda) {
+        for (int64_t i = 0; i < len; ++i) o[i] = mixed[i] * lambda + b[i];
+    } else {
+        for (int64_t i = 0; i < len; ++i) o[i] = mixed[i] + b[i];
+    }
+}
+
+void finish_plain(const float* __restrict sum, const float* __restrict b, float* __restrict o, int64_t len,
+                  float divisor, bool normalize, bool apply_lambda, float lambda) {
+    if (normalize && apply_lambda) {
+        for (int64_t i = 0; i < len; ++i) o[i] = (sum[i] / divisor) * lambda + b[i];
+    } else if (normalize) {
+        for (int64_t i = 0; i < len; ++i) o[i] = sum[i] / divisor + b[i];
+    } else if (apply_lambda) {
+        for (int64_t i = 0; i < len; ++i) o[i] = sum[i] * lambda + b[i];
+    } else {
+        for (int64_t i = 0; i < len; ++i) o[i] = sum[i] + b[i];
+    }
+}
+
+// Exact k-th largest |x_m - base| for each model m (two sweeps: 16-bit then 16-bit radix histograms).
+std::vector<uint32_t> radix_thresholds(const float* base, int64_t n, const std::vector<const float*>& xs,
+                                       const std::vector<int64_t>& ks, int requested_threads) {
+    const size_t M = xs.size();
+    const int64_t nb = (n + BLOCK - 1) / BLOCK;
+    const int T = thread_count(requested_threads, nb);
+    std::vector<uint64_t> hi_total(M * HI_BINS, 0), lo_total(M * LO_BINS, 0);
+#pragma omp parallel num_threads(T)
+    {
+        std::vector<uint32_t> h(M * HI_BINS, 0);
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
+            for (size_t m = 0; m < M; ++m) {
+                const float* x = xs[m];
+                uint32_t* hm = h.data() + m * HI_BINS;
+                for (int64_t i = s; i < e; ++i) ++hm[abs_bits(x[i] - base[i]) >> 16];
+            }
+        }
+#pragma omp critical(tokalign_merge_hist)
+        for (size_t i = 0; i < h.size(); ++i) hi_total[i] += h[i];
+    }
+    // bin holding the k-th largest, and its rank inside the bin
+    std::vector<uint32_t> bin(M);
+    std::vector<int64_t> rank(M);
+    for (size_t m = 0; m < M; ++m) {
+        int64_t cum = 0;
+        bin[m] = 0;
+        rank[m] = ks[m];
+        for (int b = HI_BINS - 1; b >= 0; --b) {
+            const int64_t c = static_cast<int64_t>(hi_total[m * HI_BINS + b]);
+            if (cum + c >= ks[m]) {
+                bin[m] = static_cast<uint32_t>(b);
+                rank[m] = ks[m] - cum;
+                break;
+            }
+            cum += c;
+        }
+    }
+#pragma omp parallel num_threads(T)
+    {
+        std::vector<uint32_t> h(M * LO_BINS, 0);
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
+            for (size_t m = 0; m < M; ++m) {
+                const float* x = xs[m];
+                const uint32_t want = bin[m];
+                uint32_t* hm = h.data() + m * LO_BINS;
+                for (int64_t i = s; i < e; ++i) {
+                    const uint32_t key = abs_bits(x[i] - base[i]);
+                    if ((key >> 16) == want) ++hm[key & 0xffffu];
+                }
+            }
+        }
+#pragma omp critical(tokalign_merge_hist)
+        for (size_t i = 0; i < h.size(); ++i) lo_total[i] += h[i];
+    }
+    std::vector<uint32_t> out(M);
+    for (size_t m = 0; m < M; ++m) {
+        int64_t cum = 0;
+        uint32_t low = 0;
+        for (int b = LO_BINS - 1; b >= 0; --b) {
+            const int64_t c = static_cast<int64_t>(lo_total[m * LO_BINS + b]);
+            if (cum + c >= rank[m]) {
+                low = static_cast<uint32_t>(b);
+                break;
+            }
+            cum += c;
+        }
+        out[m] = (bin[m] << 16) | low;
+    }
+    return out;
+}
+
+}  // namespace
+
+float topk_abs_threshold(const float* base, const float* model, int64_t n, int64_t k, int num_threads) {
+    if (n <= 0 || k < 1) return std::numeric_limits<float>::infinity();
+    k = std::min(k, n);
+    return from_bits(radix_thresholds(base, n, {model}, {k}, num_threads)[0]);
+}
+
+void random_keep_mask(uint64_t key, uint32_t keep_below, int64_t n, uint8_t* mask, int num_threads) {
+    const int64_t nb = (n + BLOCK - 1) / BLOCK;
+    const int T = thread_count(num_threads, nb);
+#pragma omp parallel num_threads(T)
+    {
+        std::vector<uint32_t> u(BLOCK);
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
+            fill_uniforms(key, s, e, u.data());
+            for (int64_t i = s; i < e; ++i) mask[i] = u[i - s] < keep_below ? 1 : 0;
+        }
+    }
+}
+
+std::string gta_merge(const float* base, int64_t n, const std::vector<ModelInput>& models, const Options& opt,
+                      float* out, std::vector<ModelStats>* stats) {
+    const size_t M = models.size();
+    if (M == 0) return "gta_merge: no models";
+    if (n < 0) return "gta_merge: negative size";
+    if (n > static_cast<int64_t>(std::numeric_limits<uint32_t>::max()))
+        return "gta_merge: tensors of 2^32 or more elements are not supported";
+    std::vector<ModelInput> ms(models);
+    for (size_t m = 0; m < M; ++m) {
+        ModelInput& mi = ms[m];
+        if (mi.sparsify < KEEP_ALL || mi.sparsify > RANDOM) return "gta_merge: unknown sparsification mode";
+        if (mi.sparsify == MAGNITUDE) {
+            if (mi.k < 1) return "gta_merge: magnitude top-k needs k >= 1";
+            if (mi.k >= n) mi.sparsify = KEEP_ALL;  // keeps every entry; the L1 rescale factor would be 1
+        }
+    }
+    std::vector<ModelStats> st(M);
+    if (n == 0) {
+        if (stats) *stats = st;
+        return "";
+    }
+    const int64_t nb = (n + BLOCK - 1) / BLOCK;
+    const int T = thread_count(opt.num_threads, nb);
+
+    // 1-2: TIES thresholds
+    std::vector<uint32_t> thr(M, 0);
+    {
+        std::vector<const float*> xs;
+        std::vector<int64_t> ks;
+        std::vector<size_t> which;
+        for (size_t m = 0; m < M; ++m)
+            if (ms[m].sparsify == MAGNITUDE) {
+                xs.push_back(ms[m].data);
+                ks.push_back(ms[m].k);
+                which.push_back(m);
+            }
+        if (!xs.empty()) {
+            const std::vector<uint32_t> t = radix_thresholds(base, n, xs, ks, T);
+            for (size_t w = 0; w < which.size(); ++w) {
+                thr[which[w]] = t[w];
+                st[which[w]].threshold = from_bits(t[w]);
+            }
+        }
+    }
+
+    // 3: L1 rescale factors (mergekit: only when both norms are >= 1e-7)
+    std::vector<float> scale(M, 1.0f);
+    std::vector<char> scaled(M, 0);
+    bool any_rescale = false;
+    for (size_t m = 0; m < M; ++m) {
+        scaled[m] = opt.rescale && (ms[m].sparsify == MAGNITUDE || ms[m].sparsify == RANDOM);
+        any_rescale = any_rescale || scaled[m];
+    }
+    if (any_rescale) {
+        std::vector<double> part(static_cast<size_t>(nb) * M * 2, 0.0);
+#pragma omp parallel num_threads(T)
+        {
+            std::vector<float> d(BLOCK);
+            std::vector<uint32_t> u(BLOCK);
+#pragma omp for schedule(static)
+            for (int64_t blk = 0; blk < nb; ++blk) {
+                const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK), len = e - s;
+                for (size_t m = 0; m < M; ++m) {
+                    if (!scaled[m]) continue;
+                    double before = 0.0, after = 0.0;
+                    const float* x = ms[m].data + s;
+                    const float* b = base + s;
+                    for (int64_t i = 0; i < len; ++i) before += std::fabs(static_cast<double>(x[i] - b[i]));
+                    sparse_delta(base, ms[m], thr[m], s, e, d.data(), u.data());
+                    for (int64_t i = 0; i < len; ++i) after += std::fabs(static_cast<double>(d[i]));
+                    part[(static_cast<size_t>(blk) * M + m) * 2] = before;
+                    part[(static_cast<size_t>(blk) * M + m) * 2 + 1] = after;
+                }
+            }
+        }
+        for (size_t m = 0; m < M; ++m) {
+            if (!scaled[m]) continue;
+            double before = 0.0, after = 0.0;
+            for (int64_t blk = 0; blk < nb; ++blk) {
+                before += part[(static_cast<size_t>(blk) * M + m) * 2];
+                after += part[(static_cast<size_t>(blk) * M + m) * 2 + 1];
+            }
+            if (before >= 1e-7 && after >= 1e-7) {
+                scale[m] = static_cast<float>(before / after);
+            } else {
+                scaled[m] = 0;
+            }
+            st[m].scale = scale[m];
+        }
+    }
+
+    // 4: the merge itself, in the torch implementation's order of float operations
+    const float lambda = opt.lambda, divisor = opt.divisor;
+    const bool consensus = opt.consensus, normalize = opt.normalize, apply_lambda = opt.lambda != 1.0f;
+#pragma omp parallel num_threads(T)
+    {
+        std::vector<float> buf(static_cast<size_t>(M + 3) * BLOCK);
+        std::vector<uint32_t> u(BLOCK);
+        float* sum = buf.data();
+        float* mixed = sum + BLOCK;
+        float* div = mixed + BLOCK;
+        float* deltas = div + BLOCK;
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK), len = e - s;
+            const float* b = base + s;
+            float* o = out + s;
+            std::fill(sum, sum + len, 0.0f);
+            for (size_t m = 0; m < M; ++m) {
+                float* d = deltas + m * BLOCK;
+                sparse_delta(base, ms[m], thr[m], s, e, d, u.data());
+                if (scaled[m]) {
+                    scale_by(d, scale[m], len);
+                }
+                weight_and_sum(d, ms[m].weight, sum, len);
+            }
+            if (consensus) {
+                std::fill(mixed, mixed + len, 0.0f);
+                std::fill(div, div + len, 0.0f);
+                for (size_t m = 0; m < M; ++m) disjoint_add(sum, deltas + m * BLOCK, ms[m].weight, mixed, div, len);
+                finish_consensus(mixed, div, b, o, len, normalize, apply_lambda, lambda);
+            } else {
+                finish_plain(sum, b, o, len, normalize ? divisor : 1.0f, normalize, apply_lambda, lambda);
+            }
+        }
+    }
+    if (stats) *stats = st;
+    return "";
+}
+
+}  // namespace merge
+}  // namespace tokalign
