@@ -98,6 +98,14 @@ float topk_abs_threshold(F32 base, F32 model, int64_t k, int num_threads) {
     return merge::topk_abs_threshold(b, x, n, k, num_threads);
 }
 
+float kth_largest(F32 values, int64_t k, int num_threads) {
+    const int64_t n = static_cast<int64_t>(values.size());
+    if (k < 1 || k > n) throw std::invalid_argument("kth_largest: need 1 <= k <= size");
+    const float* v = values.data();
+    py::gil_scoped_release release;
+    return merge::kth_largest(v, n, k, num_threads);
+}
+
 py::array_t<uint8_t> random_keep_mask(uint64_t key, uint32_t keep_below, int64_t n, int num_threads) {
     if (n < 0) throw std::invalid_argument("random_keep_mask: negative size");
     py::array_t<uint8_t> mask(static_cast<py::ssize_t>(n));
@@ -123,6 +131,8 @@ void bind_merge(py::module_& m) {
     m.def("merge_topk_abs_threshold", &topk_abs_threshold, py::arg("base").noconvert(), py::arg("model").noconvert(),
           py::arg("k"), py::arg("num_threads") = 0,
           "The k-th largest |model - base| (exact, radix select; equals torch.kthvalue(|d|, n - k + 1)).");
+    m.def("merge_kth_largest", &kth_largest, py::arg("values").noconvert(), py::arg("k"), py::arg("num_threads") = 0,
+          "The k-th largest value (exact, radix select; no NaN allowed): torch.kthvalue(values, n - k + 1).");
     m.def("merge_random_keep_mask", &random_keep_mask, py::arg("key"), py::arg("keep_below"), py::arg("n"),
           py::arg("num_threads") = 0, "DARE keep mask (uint8, 1 = kept) of n elements for one stream key.");
 }

@@ -103,6 +103,20 @@ void sparse_delta(const float* base, const ModelInput& m, uint32_t threshold, in
     }
 }
 
+// sum |d[i]| in double; LANES independent accumulators in a fixed order (deterministic, and the compiler
+// can keep them in SIMD registers, which a single serial accumulator prevents without -ffast-math).
+double abs_sum(const float* __restrict d, int64_t len) {
+    constexpr int LANES = 8;
+    double acc[LANES] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + LANES <= len; i += LANES)
+        for (int l = 0; l < LANES; ++l) acc[l] += std::fabs(static_cast<double>(d[i + l]));
+    for (; i < len; ++i) acc[0] += std::fabs(static_cast<double>(d[i]));
+    double total = 0.0;
+    for (int l = 0; l < LANES; ++l) total += acc[l];
+    return total;
+}
+
 // The per-block loops of the final sweep, on non-aliasing buffers so that they vectorize.
 void scale_by(float* __restrict d, float c, int64_t len) {
     for (int64_t i = 0; i < len; ++i) d[i] = d[i] * c;
@@ -152,37 +166,37 @@ void finish_plain(const float* __restrict sum, const float* __restrict b, float*
     }
 }
 
-// Exact k-th largest |x_m - base| for each model m (two sweeps: 16-bit then 16-bit radix histograms).
-std::vector<uint32_t> radix_thresholds(const float* base, int64_t n, const std::vector<const float*>& xs,
-                                       const std::vector<int64_t>& ks, int requested_threads) {
-    const size_t M = xs.size();
+// Exact k-th largest key per set m = 0..M-1 (key(m, i): uint32 whose unsigned order is the value order),
+// by two sweeps of radix histograms: the top 16 bits (hi_bins of them can occur), then the low 16 bits
+// among the elements in the bin holding the k-th largest. Returns the keys (ks[m] in 1..n).
+template <class KeyFn>
+std::vector<uint32_t> radix_select(int64_t n, size_t M, const std::vector<int64_t>& ks, int requested_threads,
+                                   int hi_bins, KeyFn key) {
     const int64_t nb = (n + BLOCK - 1) / BLOCK;
     const int T = thread_count(requested_threads, nb);
-    std::vector<uint64_t> hi_total(M * HI_BINS, 0), lo_total(M * LO_BINS, 0);
+    const size_t H = static_cast<size_t>(hi_bins);
+    std::vector<uint64_t> hi_total(M * H, 0), lo_total(M * LO_BINS, 0);
 #pragma omp parallel num_threads(T)
     {
-        std::vector<uint32_t> h(M * HI_BINS, 0);
+        std::vector<uint32_t> h(M * H, 0);
 #pragma omp for schedule(static)
         for (int64_t blk = 0; blk < nb; ++blk) {
             const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
             for (size_t m = 0; m < M; ++m) {
-                const float* x = xs[m];
-                uint32_t* hm = h.data() + m * HI_BINS;
-                for (int64_t i = s; i < e; ++i) ++hm[abs_bits(x[i] - base[i]) >> 16];
+                uint32_t* hm = h.data() + m * H;
+                for (int64_t i = s; i < e; ++i) ++hm[key(m, i) >> 16];
             }
         }
 #pragma omp critical(tokalign_merge_hist)
         for (size_t i = 0; i < h.size(); ++i) hi_total[i] += h[i];
     }
     // bin holding the k-th largest, and its rank inside the bin
-    std::vector<uint32_t> bin(M);
-    std::vector<int64_t> rank(M);
+    std::vector<uint32_t> bin(M, 0);
+    std::vector<int64_t> rank(ks);
     for (size_t m = 0; m < M; ++m) {
         int64_t cum = 0;
-        bin[m] = 0;
-        rank[m] = ks[m];
-        for (int b = HI_BINS - 1; b >= 0; --b) {
-            const int64_t c = static_cast<int64_t>(hi_total[m * HI_BINS + b]);
+        for (int64_t b = hi_bins - 1; b >= 0; --b) {
+            const int64_t c = static_cast<int64_t>(hi_total[m * H + static_cast<size_t>(b)]);
             if (cum + c >= ks[m]) {
                 bin[m] = static_cast<uint32_t>(b);
                 rank[m] = ks[m] - cum;
@@ -198,12 +212,11 @@ std::vector<uint32_t> radix_thresholds(const float* base, int64_t n, const std::
         for (int64_t blk = 0; blk < nb; ++blk) {
             const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
             for (size_t m = 0; m < M; ++m) {
-                const float* x = xs[m];
                 const uint32_t want = bin[m];
                 uint32_t* hm = h.data() + m * LO_BINS;
                 for (int64_t i = s; i < e; ++i) {
-                    const uint32_t key = abs_bits(x[i] - base[i]);
-                    if ((key >> 16) == want) ++hm[key & 0xffffu];
+                    const uint32_t k = key(m, i);
+                    if ((k >> 16) == want) ++hm[k & 0xffffu];
                 }
             }
         }
@@ -227,12 +240,41 @@ std::vector<uint32_t> radix_thresholds(const float* base, int64_t n, const std::
     return out;
 }
 
+// Exact k-th largest |x_m - base| for each model m: keys are |delta|'s bit patterns (sign bit 0).
+std::vector<uint32_t> radix_thresholds(const float* base, int64_t n, const std::vector<const float*>& xs,
+                                       const std::vector<int64_t>& ks, int requested_threads) {
+    const float* const* x = xs.data();
+    return radix_select(n, xs.size(), ks, requested_threads, HI_BINS,
+                        [x, base](size_t m, int64_t i) { return abs_bits(x[m][i] - base[i]); });
+}
+
+// Order-preserving uint32 key of a float (NaN excluded by the caller); -0 and +0 share a key.
+inline uint32_t ordered_bits(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    if (u == 0x80000000u) u = 0;
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+inline float from_ordered(uint32_t k) {
+    const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    return from_bits(u);
+}
+
 }  // namespace
 
 float topk_abs_threshold(const float* base, const float* model, int64_t n, int64_t k, int num_threads) {
     if (n <= 0 || k < 1) return std::numeric_limits<float>::infinity();
     k = std::min(k, n);
     return from_bits(radix_thresholds(base, n, {model}, {k}, num_threads)[0]);
+}
+
+float kth_largest(const float* values, int64_t n, int64_t k, int num_threads) {
+    if (n <= 0 || k < 1) return std::numeric_limits<float>::infinity();
+    k = std::min(k, n);
+    const uint32_t key = radix_select(n, 1, {k}, num_threads, 1 << 16,
+                                      [values](size_t, int64_t i) { return ordered_bits(values[i]); })[0];
+    return from_ordered(key);
 }
 
 void random_keep_mask(uint64_t key, uint32_t keep_below, int64_t n, uint8_t* mask, int num_threads) {
@@ -314,14 +356,12 @@ std::string gta_merge(const float* base, int64_t n, const std::vector<ModelInput
                 const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK), len = e - s;
                 for (size_t m = 0; m < M; ++m) {
                     if (!scaled[m]) continue;
-                    double before = 0.0, after = 0.0;
-                    const float* x = ms[m].data + s;
-                    const float* b = base + s;
-                    for (int64_t i = 0; i < len; ++i) before += std::fabs(static_cast<double>(x[i] - b[i]));
+                    ModelInput all = ms[m];
+                    all.sparsify = KEEP_ALL;
+                    sparse_delta(base, all, 0, s, e, d.data(), u.data());
+                    part[(static_cast<size_t>(blk) * M + m) * 2] = abs_sum(d.data(), len);
                     sparse_delta(base, ms[m], thr[m], s, e, d.data(), u.data());
-                    for (int64_t i = 0; i < len; ++i) after += std::fabs(static_cast<double>(d[i]));
-                    part[(static_cast<size_t>(blk) * M + m) * 2] = before;
-                    part[(static_cast<size_t>(blk) * M + m) * 2 + 1] = after;
+                    part[(static_cast<size_t>(blk) * M + m) * 2 + 1] = abs_sum(d.data(), len);
                 }
             }
         }

@@ -74,6 +74,34 @@ def test_topk_threshold_is_kthvalue(n, frac, seed, style):
     assert int((mag >= got).sum()) >= k  # at least k kept; more only through ties at the cut-off
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 9000), frac=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 31 - 1),
+       style=st.sampled_from(["normal", "ties", "variance", "zeros"]))
+def test_kth_largest_is_kthvalue(n, frac, seed, style):
+    g = np.random.default_rng(seed)
+    values = {"normal": lambda: g.standard_normal(n) * 1e3,
+              "ties": lambda: g.integers(-3, 4, n) * 0.5,
+              "variance": lambda: g.standard_normal(n) ** 2 * 1e-6,
+              "zeros": lambda: np.where(g.random(n) < 0.5, -0.0, 0.0) + (g.random(n) < 0.1)}[style]().astype(np.float32)
+    k = min(n, max(1, int(frac * n)))
+    got = core.merge_kth_largest(values, k, 2)
+    assert got == float(torch.kthvalue(torch.from_numpy(values), n - k + 1).values)
+
+
+def test_sce_variance_mask_native_equals_torch(monkeypatch):
+    from fusion_train.merge.sce import variance_mask
+
+    for seed, quantise in ((0, False), (1, True)):
+        base, models = _family(seed, 3, (300, 41), quantise)
+        deltas = torch.stack([m - base for m in models])
+        for tau in (0.01, 0.1, 0.5):
+            fast = variance_mask(deltas, tau)
+            monkeypatch.setenv("TOKALIGN_MERGE_NATIVE", "0")
+            ref = variance_mask(deltas, tau)
+            monkeypatch.delenv("TOKALIGN_MERGE_NATIVE")
+            assert torch.equal(fast, ref) and 0 < int(fast.sum()) < fast.numel()
+
+
 def test_topk_threshold_argument_errors():
     a = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="k"):

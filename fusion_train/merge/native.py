@@ -1,4 +1,5 @@
-"""CPU fast path of generalized task arithmetic (task arithmetic, TIES, DARE-TIES, DARE-linear).
+"""CPU fast paths of merging: generalized task arithmetic (task arithmetic, TIES, DARE-TIES,
+DARE-linear) and SCE's top-k threshold (:func:`kth_largest`).
 
 :func:`gta_merge` runs ``tokalign._core.merge_gta`` (csrc/merge_kernel.cpp): one fused, OpenMP,
 GIL-releasing kernel over fp32 buffers (numpy views of the torch tensors, no copies) instead of ~10
@@ -48,6 +49,14 @@ def applicable(tensors: Sequence[torch.Tensor]) -> bool:
     n = tensors[0].numel()
     return n < 2 ** 32 and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
                                and t.numel() == n and not t.requires_grad for t in tensors)
+
+
+def kth_largest(values: torch.Tensor, k: int, num_threads: Optional[int] = None) -> float:
+    """The k-th largest entry of a CPU fp32 contiguous tensor (1 <= k <= numel), exactly
+    ``torch.kthvalue(values.flatten(), numel - k + 1)`` (radix select, O(n), GIL released)."""
+    core = _core()
+    return float(core.merge_kth_largest(values.detach().numpy().reshape(-1), int(k),
+                                        int(num_threads if num_threads is not None else torch.get_num_threads())))
 
 
 def sparsify_mode(kind: str, density: float, numel: int) -> tuple:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from fusion_train.merge import native
 from fusion_train.merge.registry import SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas
 
 
@@ -43,7 +44,8 @@ def variance_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:
     models (population variance), among elements with nonzero variance: k = int(density * nnz).
 
     Selection by a k-th-value threshold (O(n)) rather than a top-k sort; equal to mergekit's
-    ``torch.topk`` selection unless values tie exactly at the threshold (then all are kept).
+    ``torch.topk`` selection unless values tie exactly at the threshold (then all are kept). On CPU
+    the threshold comes from the native radix select (the value ``torch.kthvalue`` would return).
     """
     shape = deltas.shape[1:]
     if density <= 0:
@@ -55,7 +57,10 @@ def variance_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:
     if k == 0:
         return torch.zeros(shape, dtype=torch.bool, device=deltas.device)
     flat = var.reshape(-1)
-    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
+    if native.enabled() and native.applicable([flat]):  # exact radix select, same value as kthvalue
+        threshold = native.kth_largest(flat, k)
+    else:
+        threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
     return var >= threshold
 
 

@@ -63,6 +63,10 @@ std::string gta_merge(const float* base, int64_t n, const std::vector<ModelInput
 // The k-th largest |model[i] - base[i]| (1 <= k <= n); base may be null (then |model[i]|).
 float topk_abs_threshold(const float* base, const float* model, int64_t n, int64_t k, int num_threads);
 
+// The k-th largest of n floats (1 <= k <= n; no NaN), exactly: what torch.kthvalue(values, n - k + 1)
+// returns (SCE's variance top-k threshold). -0 and +0 count as equal (the result is then +0).
+float kth_largest(const float* values, int64_t n, int64_t k, int num_threads);
+
 // DARE keep mask (1 = kept) of n elements for one stream key.
 void random_keep_mask(uint64_t key, uint32_t keep_below, int64_t n, uint8_t* mask, int num_threads);
 
