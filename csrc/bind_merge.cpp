@@ -89,6 +89,83 @@ py::dict gta_merge(F32 base, py::list models, F32 out, std::vector<double> weigh
     return d;
 }
 
+std::vector<const float*> model_pointers(const char* what, py::list models, int64_t n, const float* out, int64_t n_out,
+                                        std::vector<F32>& keep_alive) {
+    std::vector<const float*> xs;
+    for (size_t m = 0; m < models.size(); ++m) {
+        py::handle h = models[m];
+        if (!py::isinstance<F32>(h))
+            throw std::invalid_argument(std::string(what) + ": models[" + std::to_string(m) +
+                                        "] is not a C-contiguous float32 array");
+        F32 a = py::reinterpret_borrow<F32>(h);
+        if (static_cast<int64_t>(a.size()) != n)
+            throw std::invalid_argument(std::string(what) + ": models[" + std::to_string(m) +
+                                        "] has a different size from the base");
+        if (overlaps(out, n_out, a.data(), n))
+            throw std::invalid_argument(std::string(what) + ": out overlaps models[" + std::to_string(m) + "]");
+        xs.push_back(a.data());
+        keep_alive.push_back(std::move(a));
+    }
+    if (xs.empty()) throw std::invalid_argument(std::string(what) + ": no models");
+    return xs;
+}
+
+void linear_merge(py::list models, F32 out, std::vector<double> weights, bool normalize, double divisor,
+                  int num_threads) {
+    const int64_t n = static_cast<int64_t>(out.size());
+    float* o = out.mutable_data();
+    std::vector<F32> keep_alive;
+    const std::vector<const float*> xs = model_pointers("linear_merge", models, n, o, n, keep_alive);
+    need_size(weights, xs.size(), "weights");
+    std::vector<float> w(weights.begin(), weights.end());
+    py::gil_scoped_release release;
+    merge::linear_merge(n, xs, w, normalize, static_cast<float>(divisor), o, num_threads);
+}
+
+void sce_variance(F32 base, py::list models, F32 out, int num_threads) {
+    const int64_t n = static_cast<int64_t>(base.size());
+    if (static_cast<int64_t>(out.size()) != n) throw std::invalid_argument("sce_variance: out must have the base's size");
+    float* o = out.mutable_data();
+    if (overlaps(o, n, base.data(), n)) throw std::invalid_argument("sce_variance: out overlaps the base");
+    std::vector<F32> keep_alive;
+    const std::vector<const float*> xs = model_pointers("sce_variance", models, n, o, n, keep_alive);
+    const float* b = base.data();
+    py::gil_scoped_release release;
+    merge::sce_variance(b, n, xs, o, num_threads);
+}
+
+std::vector<double> sce_merge(F32 base, py::list models, py::object variances, F32 out, int mask_mode, double threshold,
+                              bool mergekit, int num_threads) {
+    const int64_t n = static_cast<int64_t>(base.size());
+    if (static_cast<int64_t>(out.size()) != n) throw std::invalid_argument("sce_merge: out must have the base's size");
+    float* o = out.mutable_data();
+    if (overlaps(o, n, base.data(), n)) throw std::invalid_argument("sce_merge: out overlaps the base");
+    std::vector<F32> keep_alive;
+    const std::vector<const float*> xs = model_pointers("sce_merge", models, n, o, n, keep_alive);
+    const float* var = nullptr;
+    F32 var_arr;
+    if (!variances.is_none()) {
+        if (!py::isinstance<F32>(variances)) throw std::invalid_argument("sce_merge: variances must be C-contiguous float32");
+        var_arr = py::reinterpret_borrow<F32>(variances);
+        if (static_cast<int64_t>(var_arr.size()) != n) throw std::invalid_argument("sce_merge: variances must have the base's size");
+        var = var_arr.data();
+    }
+    merge::SceOptions opt;
+    opt.mask_mode = mask_mode;
+    opt.threshold = static_cast<float>(threshold);
+    opt.mergekit = mergekit;
+    opt.num_threads = num_threads;
+    std::vector<double> eta;
+    std::string err;
+    const float* b = base.data();
+    {
+        py::gil_scoped_release release;
+        err = merge::sce_merge(b, n, xs, var, opt, o, &eta);
+    }
+    if (!err.empty()) throw std::invalid_argument(err);
+    return eta;
+}
+
 float topk_abs_threshold(F32 base, F32 model, int64_t k, int num_threads) {
     if (base.size() != model.size()) throw std::invalid_argument("topk_abs_threshold: base and model differ in size");
     const int64_t n = static_cast<int64_t>(base.size());
@@ -133,6 +210,15 @@ void bind_merge(py::module_& m) {
           "The k-th largest |model - base| (exact, radix select; equals torch.kthvalue(|d|, n - k + 1)).");
     m.def("merge_kth_largest", &kth_largest, py::arg("values").noconvert(), py::arg("k"), py::arg("num_threads") = 0,
           "The k-th largest value (exact, radix select; no NaN allowed): torch.kthvalue(values, n - k + 1).");
+    m.def("merge_linear", &linear_merge, py::arg("models"), py::arg("out").noconvert(), py::arg("weights"),
+          py::arg("normalize"), py::arg("divisor"), py::arg("num_threads") = 0,
+          "Linear merge into out: sum_j w_j x_j (/ divisor when normalize).");
+    m.def("merge_sce_variance", &sce_variance, py::arg("base").noconvert(), py::arg("models"), py::arg("out").noconvert(),
+          py::arg("num_threads") = 0, "SCE: population variance across models of (model - base), into out.");
+    m.def("merge_sce", &sce_merge, py::arg("base").noconvert(), py::arg("models"), py::arg("variances"),
+          py::arg("out").noconvert(), py::arg("mask_mode"), py::arg("threshold"), py::arg("mergekit"),
+          py::arg("num_threads") = 0,
+          "SCE merge into out. mask_mode: 0 none, 1 variances >= threshold, 2 empty. Returns eta.");
     m.def("merge_random_keep_mask", &random_keep_mask, py::arg("key"), py::arg("keep_below"), py::arg("n"),
           py::arg("num_threads") = 0, "DARE keep mask (uint8, 1 = kept) of n elements for one stream key.");
 }

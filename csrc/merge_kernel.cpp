@@ -166,6 +166,69 @@ void finish_plain(const float* __restrict sum, const float* __restrict b, float*
     }
 }
 
+void add_into(float* __restrict acc, const float* __restrict d, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) acc[i] = acc[i] + d[i];
+}
+
+void divide_by(float* __restrict v, float c, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) v[i] = v[i] / c;
+}
+
+// a * b + c with a single rounding to float, as torch's AVX2/AVX-512 kernels compute addcmul_ / add_(alpha)
+// (fused multiply-add). The product of two floats is exact in double; the double sum is then rounded
+// to float (a second rounding can differ from a true fma only when the exact sum needs more than 53
+// bits and lands on a float half-way point: vanishingly rare), and this vectorises without FMA hardware.
+inline float fma_float(float a, float b, float c) {
+    return static_cast<float>(static_cast<double>(a) * static_cast<double>(b) + static_cast<double>(c));
+}
+
+void weighted_add(float* __restrict acc, const float* __restrict x, float w, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) acc[i] = fma_float(x[i], w, acc[i]);  // torch: out.add_(x, alpha=w)
+}
+
+void add_squared_diff(float* __restrict v, const float* __restrict d, const float* __restrict mean, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) {
+        const float diff = d[i] - mean[i];
+        v[i] = fma_float(diff, diff, v[i]);  // torch: var.addcmul_(diff, diff)
+    }
+}
+
+void apply_mask(float* __restrict d, const float* __restrict var, float threshold, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) d[i] = var[i] >= threshold ? d[i] : 0.0f;
+}
+
+double square_sum(const float* __restrict d, int64_t len) {
+    constexpr int LANES = 8;
+    double acc[LANES] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + LANES <= len; i += LANES)
+        for (int l = 0; l < LANES; ++l) acc[l] += static_cast<double>(d[i + l]) * static_cast<double>(d[i + l]);
+    for (; i < len; ++i) acc[0] += static_cast<double>(d[i]) * static_cast<double>(d[i]);
+    double total = 0.0;
+    for (int l = 0; l < LANES; ++l) total += acc[l];
+    return total;
+}
+
+// SCE erase: add eta * d where d's sign equals the elected sign of sum (0 -> +), and eta to the divisor.
+void erase_add(const float* __restrict sum, const float* __restrict d, float eta, float* __restrict num,
+               float* __restrict den, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) {
+        const float elected = sum[i] >= 0.0f ? 1.0f : -1.0f;
+        const bool keep = d[i] * elected > 0.0f;
+        num[i] = fma_float(keep ? d[i] : 0.0f, eta, num[i]);  // torch: num.add_(d * keep, alpha=eta)
+        den[i] = den[i] + (keep ? eta : 0.0f);
+    }
+}
+
+void finish_sce(const float* __restrict num, const float* __restrict den, const float* __restrict b,
+                float* __restrict o, int64_t len, bool clamp) {
+    if (clamp) {  // mergekit: divisor clamped to >= 1e-6
+        for (int64_t i = 0; i < len; ++i) o[i] = num[i] / (den[i] < 1e-6f ? 1e-6f : den[i]) + b[i];
+    } else {  // FuseChat: a zero divisor -> 1
+        for (int64_t i = 0; i < len; ++i) o[i] = num[i] / (den[i] == 0.0f ? 1.0f : den[i]) + b[i];
+    }
+}
+
 // Exact k-th largest key per set m = 0..M-1 (key(m, i): uint32 whose unsigned order is the value order),
 // by two sweeps of radix histograms: the top 16 bits (hi_bins of them can occur), then the low 16 bits
 // among the elements in the bin holding the k-th largest. Returns the keys (ks[m] in 1..n).
@@ -417,6 +480,131 @@ std::string gta_merge(const float* base, int64_t n, const std::vector<ModelInput
         }
     }
     if (stats) *stats = st;
+    return "";
+}
+
+void linear_merge(int64_t n, const std::vector<const float*>& xs, const std::vector<float>& weights, bool normalize,
+                  float divisor, float* out, int num_threads) {
+    const size_t M = xs.size();
+    const int64_t nb = (n + BLOCK - 1) / BLOCK;
+    const int T = thread_count(num_threads, nb);
+#pragma omp parallel for num_threads(T) schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+        const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK), len = e - s;
+        float* o = out + s;
+        std::fill(o, o + len, 0.0f);
+        for (size_t m = 0; m < M; ++m) weighted_add(o, xs[m] + s, weights[m], len);
+        if (normalize) divide_by(o, divisor, len);
+    }
+}
+
+void sce_variance(const float* base, int64_t n, const std::vector<const float*>& xs, float* var, int num_threads) {
+    const size_t M = xs.size();
+    const int64_t nb = (n + BLOCK - 1) / BLOCK;
+    const int T = thread_count(num_threads, nb);
+    const float count = static_cast<float>(M);
+#pragma omp parallel num_threads(T)
+    {
+        std::vector<float> buf(static_cast<size_t>(M + 1) * BLOCK);
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK), len = e - s;
+            float* mean = buf.data();
+            std::fill(mean, mean + len, 0.0f);
+            for (size_t m = 0; m < M; ++m) {
+                float* d = buf.data() + (m + 1) * BLOCK;
+                ModelInput all;
+                all.data = xs[m];
+                sparse_delta(base, all, 0, s, e, d, nullptr);
+                add_into(mean, d, len);
+            }
+            divide_by(mean, count, len);
+            float* v = var + s;
+            std::fill(v, v + len, 0.0f);
+            for (size_t m = 0; m < M; ++m) add_squared_diff(v, buf.data() + (m + 1) * BLOCK, mean, len);
+            divide_by(v, count, len);
+        }
+    }
+}
+
+std::string sce_merge(const float* base, int64_t n, const std::vector<const float*>& xs, const float* var,
+                      const SceOptions& opt, float* out, std::vector<double>* eta_out) {
+    const size_t M = xs.size();
+    if (M == 0) return "sce_merge: no models";
+    if (opt.mask_mode < SCE_NO_MASK || opt.mask_mode > SCE_EMPTY_MASK) return "sce_merge: unknown mask mode";
+    if (opt.mask_mode == SCE_MASK && var == nullptr) return "sce_merge: the variance mask needs the variances";
+    const int64_t nb = (n + BLOCK - 1) / BLOCK;
+    const int T = thread_count(opt.num_threads, nb);
+    const int mode = opt.mask_mode;
+    const float thr = opt.threshold;
+    // d[0, len) = model m's delta over [s, e), masked (entries outside the selection -> 0)
+    auto masked_delta = [&](size_t m, int64_t s, int64_t e, float* d) {
+        ModelInput all;
+        all.data = xs[m];
+        sparse_delta(base, all, 0, s, e, d, nullptr);
+        if (mode == SCE_EMPTY_MASK) {
+            std::fill(d, d + (e - s), 0.0f);
+        } else if (mode == SCE_MASK) {
+            apply_mask(d, var + s, thr, e - s);
+        }
+    };
+    // Calculate: eta_j from the (masked) energies, summed in double per block, blocks in order
+    std::vector<double> part(static_cast<size_t>(std::max<int64_t>(nb, 0)) * M, 0.0);
+#pragma omp parallel num_threads(T)
+    {
+        std::vector<float> d(BLOCK);
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
+            for (size_t m = 0; m < M; ++m) {
+                masked_delta(m, s, e, d.data());
+                part[static_cast<size_t>(blk) * M + m] = square_sum(d.data(), e - s);
+            }
+        }
+    }
+    std::vector<double> eta(M);
+    double total = 0.0;
+    for (size_t m = 0; m < M; ++m) {
+        double energy = 0.0;
+        for (int64_t blk = 0; blk < nb; ++blk) energy += part[static_cast<size_t>(blk) * M + m];
+        eta[m] = energy / static_cast<double>(std::max<int64_t>(n, 1));
+        total += eta[m];
+    }
+    const bool uniform = opt.mergekit ? std::fabs(total) < 1e-6 : total == 0.0;
+    for (size_t m = 0; m < M; ++m) eta[m] = uniform ? 1.0 / static_cast<double>(M) : eta[m] / total;
+    if (eta_out) *eta_out = eta;
+    // Erase + merge: the sign of the sum over models (0 -> +), entries agreeing with it, weighted by eta
+    const bool merge_masked = opt.mergekit && mode != SCE_NO_MASK;
+    const bool clamp = opt.mergekit;
+#pragma omp parallel num_threads(T)
+    {
+        std::vector<float> buf(static_cast<size_t>(M + 3) * BLOCK);
+        float* sum = buf.data();
+        float* num = sum + BLOCK;
+        float* den = num + BLOCK;
+        float* deltas = den + BLOCK;
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK), len = e - s;
+            std::fill(sum, sum + len, 0.0f);
+            for (size_t m = 0; m < M; ++m) {
+                float* d = deltas + m * BLOCK;
+                if (merge_masked) {
+                    masked_delta(m, s, e, d);
+                } else {
+                    ModelInput all;
+                    all.data = xs[m];
+                    sparse_delta(base, all, 0, s, e, d, nullptr);
+                }
+                add_into(sum, d, len);
+            }
+            std::fill(num, num + len, 0.0f);
+            std::fill(den, den + len, 0.0f);
+            for (size_t m = 0; m < M; ++m)
+                erase_add(sum, deltas + m * BLOCK, static_cast<float>(eta[m]), num, den, len);
+            finish_sce(num, den, base + s, out + s, len, clamp);
+        }
+    }
     return "";
 }
 

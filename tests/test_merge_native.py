@@ -102,6 +102,50 @@ def test_sce_variance_mask_native_equals_torch(monkeypatch):
             assert torch.equal(fast, ref) and 0 < int(fast.sum()) < fast.numel()
 
 
+@pytest.mark.parametrize("variant", ["fusechat", "mergekit"])
+@pytest.mark.parametrize("n_models", [1, 2, 3])
+def test_sce_native_matches_torch(monkeypatch, variant, n_models):
+    """SCE's kernels: same selection (exact), eta from double energies (torch: fp32 dots), so the
+    merge agrees to float rounding; tau 0 / 1 and a model equal to the base (zero variance) included."""
+    from fusion_train.merge.sce import Sce, population_variance
+
+    sce = Sce()
+    for case, shape in enumerate([(7,), (130, 65), (9001,)]):
+        base, models = _family(10 * n_models + case, n_models, shape, quantise=case == 1)
+        if case == 2:
+            models[0] = base.clone()
+        deltas = torch.stack([m - base for m in models])
+        var = torch.empty(base.numel())
+        core.merge_sce_variance(base.numpy().reshape(-1), [m.numpy().reshape(-1) for m in models], var.numpy())
+        # torch's addcmul_ fuses multiply-add on AVX2 CPUs (the kernel emulates that); elsewhere it
+        # rounds twice: equal up to the last bit
+        assert torch.allclose(var.reshape(shape), population_variance(deltas), rtol=2e-7, atol=0)
+        for tau in (0.0, 0.1, 0.35, 1.0):
+            task = TensorTask("w", base, models, [{}] * n_models, {"select_topk": tau, "variant": variant})
+            fast = sce.merge(task)
+            monkeypatch.setenv("TOKALIGN_MERGE_NATIVE", "0")
+            ref = sce.merge(task)
+            monkeypatch.delenv("TOKALIGN_MERGE_NATIVE")
+            assert torch.allclose(fast, ref, rtol=1e-6, atol=1e-6), (case, tau, float((fast - ref).abs().max()))
+    one = native.sce_merge(base, models, 0.1, variant, num_threads=1)
+    assert torch.equal(one, native.sce_merge(base, models, 0.1, variant, num_threads=3))
+
+
+@pytest.mark.parametrize("n_models", [1, 2, 3, 5])
+def test_linear_native_equals_torch(monkeypatch, n_models):
+    from fusion_train.merge.linear import Linear
+
+    _, models = _family(n_models, n_models, (4096 + 17,))
+    for normalize in (True, False):
+        task = TensorTask("w", None, models, [{"weight": 0.2 + 0.3 * j} for j in range(n_models)], {"normalize": normalize})
+        fast = Linear().merge(task)
+        monkeypatch.setenv("TOKALIGN_MERGE_NATIVE", "0")
+        ref = Linear().merge(task)
+        monkeypatch.delenv("TOKALIGN_MERGE_NATIVE")
+        # the kernel rounds each weighted add once, like torch's fused multiply-add (AVX2 CPUs)
+        assert torch.allclose(fast, ref, rtol=1e-6, atol=1e-6)
+
+
 def test_topk_threshold_argument_errors():
     a = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="k"):

@@ -1,5 +1,5 @@
 """CPU fast paths of merging: generalized task arithmetic (task arithmetic, TIES, DARE-TIES,
-DARE-linear) and SCE's top-k threshold (:func:`kth_largest`).
+DARE-linear), SCE (:func:`sce_merge`) and linear (:func:`linear_merge`).
 
 :func:`gta_merge` runs ``tokalign._core.merge_gta`` (csrc/merge_kernel.cpp): one fused, OpenMP,
 GIL-releasing kernel over fp32 buffers (numpy views of the torch tensors, no copies) instead of ~10
@@ -57,6 +57,46 @@ def kth_largest(values: torch.Tensor, k: int, num_threads: Optional[int] = None)
     core = _core()
     return float(core.merge_kth_largest(values.detach().numpy().reshape(-1), int(k),
                                         int(num_threads if num_threads is not None else torch.get_num_threads())))
+
+
+def linear_merge(models: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool,
+                 num_threads: Optional[int] = None) -> torch.Tensor:
+    """sum_j w_j theta_j (/ sum_j w_j when ``normalize``) in one native sweep, in the torch code's
+    float order (``out.add_(theta_j, alpha=w_j)`` fuses multiply-add on AVX2 CPUs)."""
+    core = _core()
+    out = torch.empty_like(models[0])
+    core.merge_linear([m.detach().numpy().reshape(-1) for m in models], out.numpy().reshape(-1),
+                      [float(w) for w in weights], bool(normalize), float(sum(weights)),
+                      int(num_threads if num_threads is not None else torch.get_num_threads()))
+    return out
+
+
+def sce_merge(base: torch.Tensor, models: Sequence[torch.Tensor], tau: float, variant: str,
+              num_threads: Optional[int] = None) -> torch.Tensor:
+    """SCE (:mod:`fusion_train.merge.sce`) in two native sweeps plus the variance top-k: the variances
+    in the torch code's float order, the same exact threshold and selection (``var >= k-th largest``,
+    k = int(tau * #nonzero variances)), energies summed in double (torch: fp32 dots, so eta agrees to
+    float rounding), erase and merge as the torch code."""
+    core = _core()
+    threads = int(num_threads if num_threads is not None else torch.get_num_threads())
+    flat_models = [m.detach().numpy().reshape(-1) for m in models]
+    flat_base = base.detach().numpy().reshape(-1)
+    var = None
+    mode, threshold = 0, 0.0
+    if tau <= 0:
+        mode = 2
+    elif tau < 1:
+        var = torch.empty(base.numel(), dtype=torch.float32)
+        core.merge_sce_variance(flat_base, flat_models, var.numpy(), threads)
+        k = int(int(torch.count_nonzero(var)) * tau)
+        if k == 0:
+            mode = 2
+        else:
+            mode, threshold = 1, float(core.merge_kth_largest(var.numpy(), k, threads))
+    out = torch.empty_like(base)
+    core.merge_sce(flat_base, flat_models, None if var is None else var.numpy(), out.numpy().reshape(-1), mode,
+                   threshold, variant == "mergekit", threads)
+    return out
 
 
 def sparsify_mode(kind: str, density: float, numel: int) -> tuple:

@@ -70,5 +70,33 @@ float kth_largest(const float* values, int64_t n, int64_t k, int num_threads);
 // DARE keep mask (1 = kept) of n elements for one stream key.
 void random_keep_mask(uint64_t key, uint32_t keep_below, int64_t n, uint8_t* mask, int num_threads);
 
+// Linear merge: out = sum_j weights[j] * xs[j] (fused multiply-add per model, as torch's add_(alpha)),
+// divided by divisor when normalize.
+void linear_merge(int64_t n, const std::vector<const float*>& xs, const std::vector<float>& weights, bool normalize,
+                  float divisor, float* out, int num_threads);
+
+// SCE (FuseChat-2, fusion_train/merge/sce.py): var[i] = population variance over models of
+// delta_j[i] = x_j[i] - base[i], in the torch code's float order (mean = sum / M; sum of squared diffs / M).
+void sce_variance(const float* base, int64_t n, const std::vector<const float*>& xs, float* var, int num_threads);
+
+enum SceMask : int {
+    SCE_NO_MASK = 0,     // tau >= 1: no selection
+    SCE_MASK = 1,        // select var[i] >= threshold
+    SCE_EMPTY_MASK = 2,  // tau <= 0, or k = 0: nothing selected
+};
+
+struct SceOptions {
+    int mask_mode = SCE_NO_MASK;
+    float threshold = 0.0f;
+    bool mergekit = false;  // variant: mergekit (masked deltas merged, uniform eta below 1e-6, divisor >= 1e-6)
+                            // or fusechat (mask shapes eta only, uniform eta iff energies are 0, divisor 0 -> 1)
+    int num_threads = 0;
+};
+
+// SCE merge into out (calculate eta from the masked energies, summed in double; erase; merge; + base).
+// eta_out (optional) receives the coefficients.
+std::string sce_merge(const float* base, int64_t n, const std::vector<const float*>& xs, const float* var,
+                      const SceOptions& opt, float* out, std::vector<double>* eta_out);
+
 }  // namespace merge
 }  // namespace tokalign
