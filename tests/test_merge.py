@@ -179,11 +179,11 @@ def test_dare_drop_rate_and_rescale():
     from fusion_train.merge.dare import random_drop
 
     delta = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
-    kept = random_drop(delta.clone(), 0.3, rescale=False, generator=torch.Generator().manual_seed(5))
+    kept = random_drop(delta.clone(), 0.3, rescale=False, key=5)
     frac = float((kept != 0).float().mean())
     assert abs(frac - 0.3) < 0.01
     assert torch.equal(kept[kept != 0], delta[kept != 0])
-    scaled = random_drop(delta.clone(), 0.3, rescale=True, generator=torch.Generator().manual_seed(5))
+    scaled = random_drop(delta.clone(), 0.3, rescale=True, key=5)
     assert torch.allclose(scaled.abs().sum(), delta.abs().sum(), rtol=1e-4)
     assert torch.equal(scaled != 0, kept != 0)
     assert torch.allclose(scaled[kept != 0], kept[kept != 0] * (delta.abs().sum() / kept.abs().sum()), rtol=1e-4)

@@ -1,10 +1,12 @@
 """Linear (weighted-average) merging, mergekit's semantics: sum_j w_j theta_j, divided by
 sum_j w_j when ``normalize`` (default). Only the listed models take part: the base supplies
-config/tokenizer, and joins the average only if it is also listed among the models."""
+config/tokenizer, and joins the average only if it is also listed among the models. On CPU: one
+native sweep (:func:`fusion_train.merge.native.linear_merge`)."""
 from __future__ import annotations
 
 import torch
 
+from fusion_train.merge import native
 from fusion_train.merge.registry import PER_MODEL, SHARED, MergeMethod, ParamSpec, TensorTask, register
 
 
@@ -20,6 +22,8 @@ class Linear(MergeMethod):
 
     def merge(self, task: TensorTask) -> torch.Tensor:
         weights = [float(mp["weight"]) for mp in task.model_params]
+        if native.enabled() and native.applicable(task.models):
+            return native.linear_merge(task.models, weights, bool(task.params["normalize"]))
         out = torch.zeros_like(task.models[0])
         for tensor, w in zip(task.models, weights):
             out.add_(tensor, alpha=w)

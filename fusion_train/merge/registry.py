@@ -63,7 +63,8 @@ class TensorTask:
 
     ``base`` is None for methods that do not use a base (linear). ``models`` excludes the base.
     ``model_params[j]`` holds the per-model parameters of ``models[j]``; ``params`` the shared ones.
-    ``seed`` is a per-tensor seed derived from the user's seed and the tensor name (DARE).
+    ``seed`` is the user's seed; DARE derives its per-(tensor, model) streams from it and ``name``
+    (:func:`fusion_train.merge.rng.stream_key`).
     """
 
     name: str

@@ -133,11 +133,6 @@ def _fingerprint(cfg: MergeConfig, opts: MergeOptions, readers: List[CheckpointR
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _tensor_seed(seed: int, name: str, j: int) -> int:
-    digest = hashlib.sha256(("%d\0%s\0%d" % (seed, name, j)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise TokalignError("%s: exists and is not a folder" % out)
@@ -213,13 +208,6 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
         task = TensorTask(name=name, base=base_t, models=models,
                           model_params=[cfg.model_values(j, name, t) for j in range(len(models))],
                           params=cfg.shared_values(name, t), seed=opts.seed, layer=layer_of(name))
-
-        def make_generator(j: int) -> torch.Generator:
-            g = torch.Generator(device=device)
-            g.manual_seed(_tensor_seed(opts.seed, name, j))
-            return g
-
-        task.extra["make_generator"] = make_generator
         return task
 
     from tqdm.auto import tqdm

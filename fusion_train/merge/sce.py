@@ -16,6 +16,10 @@ Two published variants differ in what the selection mask touches (``variant``):
 ``mergekit`` (mergekit >= 0.1.5, ``merge_methods/sce.py``): the masked deltas are what gets
     sign-elected and merged; uniform eta when the sum is below 1e-6; divisor clamped to >= 1e-6.
 
+On CPU the method runs as native kernels (:func:`fusion_train.merge.native.sce_merge`: variances,
+exact radix-select threshold, energies in double, fused erase/merge); the torch code below is the
+reference and the path for other devices.
+
 tau defaults to 0.1 here (the FuseChat setting) whichever the variant; mergekit's own default is
 1.0 (no selection), so pass ``select_topk`` explicitly when reproducing a mergekit config.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from fusion_train.merge import native
 from fusion_train.merge.registry import SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas
 
 
@@ -43,7 +48,8 @@ def variance_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:
     models (population variance), among elements with nonzero variance: k = int(density * nnz).
 
     Selection by a k-th-value threshold (O(n)) rather than a top-k sort; equal to mergekit's
-    ``torch.topk`` selection unless values tie exactly at the threshold (then all are kept).
+    ``torch.topk`` selection unless values tie exactly at the threshold (then all are kept). On CPU
+    the threshold comes from the native radix select (the value ``torch.kthvalue`` would return).
     """
     shape = deltas.shape[1:]
     if density <= 0:
@@ -55,7 +61,10 @@ def variance_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:
     if k == 0:
         return torch.zeros(shape, dtype=torch.bool, device=deltas.device)
     flat = var.reshape(-1)
-    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
+    if native.enabled() and native.applicable([flat]):  # exact radix select, same value as kthvalue
+        threshold = native.kth_largest(flat, k)
+    else:
+        threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
     return var >= threshold
 
 
@@ -115,8 +124,10 @@ class Sce(MergeMethod):
 
     def merge(self, task: TensorTask) -> torch.Tensor:
         assert task.base is not None
-        deltas = stack_deltas(task.base, task.models)
         tau = float(task.params["select_topk"])
+        if native.enabled() and native.applicable([task.base] + list(task.models)):
+            return native.sce_merge(task.base, task.models, tau, task.params["variant"])
+        deltas = stack_deltas(task.base, task.models)
         if task.params["variant"] == "mergekit":
             return sce_mergekit(task.base, deltas, tau)
         return sce_fusechat(task.base, deltas, tau)

@@ -9,6 +9,9 @@ and DARE, with mergekit's semantics (``mergekit/merge_methods/generalized_task_a
    sum_j weight_j over the kept entries (0 -> 1); without: the normaliser is sum_j weight_j
    (|.| < 1e-8 -> 1);
 4. merged delta = sum / normaliser if ``normalize``, times ``lambda``; result = base + merged.
+
+On CPU the whole computation runs as one fused native kernel (:mod:`fusion_train.merge.native`);
+the torch code below is the reference and the path for other devices (``--device cuda``).
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from typing import Callable, Optional
 
 import torch
 
+from fusion_train.merge import native, rng
 from fusion_train.merge.registry import PER_MODEL, SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas
 
-# A sparsifier maps (delta, density, rescale, generator) -> sparsified delta (same shape; may work in place).
-Sparsifier = Callable[[torch.Tensor, float, bool, Optional[torch.Generator]], torch.Tensor]
+# A sparsifier maps (delta, density, rescale, stream key) -> sparsified delta (same shape; may work in
+# place). The key (fusion_train.merge.rng.stream_key) drives DARE's random stream.
+Sparsifier = Callable[[torch.Tensor, float, bool, int], torch.Tensor]
 
 
 def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -37,16 +42,26 @@ def sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
     return deltas.sign() == majority
 
 
-def generalized_task_arithmetic(task: TensorTask, *, consensus: bool, sparsify: Optional[Sparsifier]) -> torch.Tensor:
+def generalized_task_arithmetic(task: TensorTask, *, consensus: bool, sparsify: Optional[Sparsifier],
+                                native_kind: Optional[str] = None) -> torch.Tensor:
+    """Merge one tensor. ``native_kind`` names ``sparsify`` for the native kernel (``none``,
+    ``magnitude``, ``random``; see :mod:`fusion_train.merge.native`), which runs instead of the torch
+    code when it applies (CPU fp32); None: always torch."""
     base = task.base
     assert base is not None
-    deltas = stack_deltas(base, task.models)
     weights = [float(mp["weight"]) for mp in task.model_params]
+    sparsified = sparsify is not None
+    keys = [rng.stream_key(task.seed, task.name, j) for j in range(len(task.models))] if sparsified else None
+    if native_kind is not None and native.enabled() and native.applicable([base] + list(task.models)):
+        return native.gta_merge(base, task.models, weights, sparsify=native_kind if sparsified else "none",
+                                densities=[float(mp["density"]) for mp in task.model_params] if sparsified else None,
+                                keys=keys, consensus=consensus, normalize=bool(task.params["normalize"]),
+                                rescale=sparsified and bool(task.params["rescale"]), lam=float(task.params["lambda"]))
+    deltas = stack_deltas(base, task.models)
     for j, mp in enumerate(task.model_params):
         if sparsify is not None:
-            make_gen = task.extra.get("make_generator")
-            gen = make_gen(j) if make_gen is not None else None
-            sparse = sparsify(deltas[j], float(mp["density"]), bool(task.params["rescale"]), gen)
+            assert keys is not None
+            sparse = sparsify(deltas[j], float(mp["density"]), bool(task.params["rescale"]), keys[j])
             if sparse.data_ptr() != deltas[j].data_ptr():
                 deltas[j] = sparse
         deltas[j].mul_(weights[j])
@@ -95,4 +110,4 @@ class TaskArithmetic(MergeMethod):
     params = gta_params(normalize=False, rescale=False, density=False)
 
     def merge(self, task: TensorTask) -> torch.Tensor:
-        return generalized_task_arithmetic(task, consensus=False, sparsify=None)
+        return generalized_task_arithmetic(task, consensus=False, sparsify=None, native_kind="none")

@@ -3,19 +3,18 @@ fraction of |delta| (at least one entry), weight, elect signs on the weighted su
 disagreeing entries, divide by the kept weights (``normalize``, default on)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from fusion_train.merge.registry import MergeMethod, TensorTask, register
 from fusion_train.merge.task_arithmetic import generalized_task_arithmetic, gta_params, rescale_l1
 
 
-def magnitude_topk(delta: torch.Tensor, density: float, rescale: bool, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Zero all but the ``max(1, int(density * n))`` largest-magnitude entries.
+def magnitude_topk(delta: torch.Tensor, density: float, rescale: bool, key: int = 0) -> torch.Tensor:
+    """Zero all but the ``max(1, int(density * n))`` largest-magnitude entries (``key`` unused).
 
     Selection by a k-th-value threshold (O(n)) instead of mergekit's full argsort; the kept set is
-    the same unless several entries tie exactly at the threshold (then all of them are kept).
+    the same unless several entries tie exactly at the threshold (then all of them are kept). The
+    native kernel finds the same threshold by radix select (:mod:`fusion_train.merge.native`).
     """
     if density >= 1:
         return delta
@@ -36,4 +35,4 @@ class Ties(MergeMethod):
     params = gta_params(normalize=True, rescale=False, density=True)
 
     def merge(self, task: TensorTask) -> torch.Tensor:
-        return generalized_task_arithmetic(task, consensus=True, sparsify=magnitude_topk)
+        return generalized_task_arithmetic(task, consensus=True, sparsify=magnitude_topk, native_kind="magnitude")

@@ -1,0 +1,147 @@
+"""CPU fast paths of merging: generalized task arithmetic (task arithmetic, TIES, DARE-TIES,
+DARE-linear), SCE (:func:`sce_merge`) and linear (:func:`linear_merge`).
+
+:func:`gta_merge` runs ``tokalign._core.merge_gta`` (csrc/merge_kernel.cpp): one fused, OpenMP,
+GIL-releasing kernel over fp32 buffers (numpy views of the torch tensors, no copies) instead of ~10
+torch passes per model. It computes what :func:`fusion_train.merge.task_arithmetic.generalized_task_arithmetic`
+computes with torch, in the same order of float operations:
+
+* TIES top-k: the exact k-th largest |delta| by radix select (the value ``torch.kthvalue`` returns),
+  every entry with |delta| >= it kept (so ties at the cut-off are all kept, as in the torch path);
+* DARE: the counter-based stream of :mod:`fusion_train.merge.rng` (same mask as the torch path);
+* L1 rescale: norms summed in double per fixed block (the torch path sums in fp32, so rescaled
+  results differ from it by float rounding, ~1e-7 relative).
+
+Used when every tensor is a CPU, fp32, C-contiguous tensor with fewer than 2^32 elements and the
+native core is built; ``TOKALIGN_MERGE_NATIVE=0`` in the environment forces the torch path. Threads:
+``torch.get_num_threads()`` (``fusion-train merge --threads``). Results do not depend on it.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+import torch
+
+from fusion_train.merge import rng
+
+KEEP_ALL, DROP_ALL, MAGNITUDE, RANDOM = 0, 1, 2, 3  # csrc/include/tokalign/merge.h: Sparsify
+SPARSIFY_KINDS = ("none", "magnitude", "random")
+
+
+def _core():
+    try:
+        from tokalign import _core
+    except ImportError:
+        return None
+    return _core if hasattr(_core, "merge_gta") else None
+
+
+def enabled() -> bool:
+    """The native kernels are built and not switched off by ``TOKALIGN_MERGE_NATIVE=0``."""
+    return os.environ.get("TOKALIGN_MERGE_NATIVE", "1") != "0" and _core() is not None
+
+
+def applicable(tensors: Sequence[torch.Tensor]) -> bool:
+    """Every tensor is CPU fp32 C-contiguous, of one size below 2^32 elements."""
+    if not tensors:
+        return False
+    n = tensors[0].numel()
+    return n < 2 ** 32 and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+                               and t.numel() == n and not t.requires_grad for t in tensors)
+
+
+def kth_largest(values: torch.Tensor, k: int, num_threads: Optional[int] = None) -> float:
+    """The k-th largest entry of a CPU fp32 contiguous tensor (1 <= k <= numel), exactly
+    ``torch.kthvalue(values.flatten(), numel - k + 1)`` (radix select, O(n), GIL released)."""
+    core = _core()
+    return float(core.merge_kth_largest(values.detach().numpy().reshape(-1), int(k),
+                                        int(num_threads if num_threads is not None else torch.get_num_threads())))
+
+
+def linear_merge(models: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool,
+                 num_threads: Optional[int] = None) -> torch.Tensor:
+    """sum_j w_j theta_j (/ sum_j w_j when ``normalize``) in one native sweep, in the torch code's
+    float order (``out.add_(theta_j, alpha=w_j)`` fuses multiply-add on AVX2 CPUs)."""
+    core = _core()
+    out = torch.empty_like(models[0])
+    core.merge_linear([m.detach().numpy().reshape(-1) for m in models], out.numpy().reshape(-1),
+                      [float(w) for w in weights], bool(normalize), float(sum(weights)),
+                      int(num_threads if num_threads is not None else torch.get_num_threads()))
+    return out
+
+
+def sce_merge(base: torch.Tensor, models: Sequence[torch.Tensor], tau: float, variant: str,
+              num_threads: Optional[int] = None) -> torch.Tensor:
+    """SCE (:mod:`fusion_train.merge.sce`) in two native sweeps plus the variance top-k: the variances
+    in the torch code's float order, the same exact threshold and selection (``var >= k-th largest``,
+    k = int(tau * #nonzero variances)), energies summed in double (torch: fp32 dots, so eta agrees to
+    float rounding), erase and merge as the torch code."""
+    core = _core()
+    threads = int(num_threads if num_threads is not None else torch.get_num_threads())
+    flat_models = [m.detach().numpy().reshape(-1) for m in models]
+    flat_base = base.detach().numpy().reshape(-1)
+    var = None
+    mode, threshold = 0, 0.0
+    if tau <= 0:
+        mode = 2
+    elif tau < 1:
+        var = torch.empty(base.numel(), dtype=torch.float32)
+        core.merge_sce_variance(flat_base, flat_models, var.numpy(), threads)
+        k = int(int(torch.count_nonzero(var)) * tau)
+        if k == 0:
+            mode = 2
+        else:
+            mode, threshold = 1, float(core.merge_kth_largest(var.numpy(), k, threads))
+    out = torch.empty_like(base)
+    core.merge_sce(flat_base, flat_models, None if var is None else var.numpy(), out.numpy().reshape(-1), mode,
+                   threshold, variant == "mergekit", threads)
+    return out
+
+
+def sparsify_mode(kind: str, density: float, numel: int) -> tuple:
+    """(mode, k, keep_below) of one model for the kernel, with the torch sparsifiers' edge cases:
+    density >= 1 keeps everything, density <= 0 drops everything; top-k keeps
+    ``max(1, int(density * numel))`` entries."""
+    if kind == "none" or density >= 1:
+        return KEEP_ALL, 0, 0
+    if density <= 0 or numel == 0:
+        return DROP_ALL, 0, 0
+    if kind == "magnitude":
+        return MAGNITUDE, max(1, int(density * numel)), 0
+    if kind == "random":
+        return RANDOM, 0, rng.keep_below(density)
+    raise ValueError("unknown sparsification %r (one of %s)" % (kind, ", ".join(SPARSIFY_KINDS)))
+
+
+def gta_merge(base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float], *, sparsify: str,
+              densities: Optional[Sequence[float]] = None, keys: Optional[Sequence[int]] = None,
+              consensus: bool, normalize: bool, rescale: bool, lam: float,
+              num_threads: Optional[int] = None) -> torch.Tensor:
+    """base + lam * merged delta, merged as generalized task arithmetic (see the module docstring).
+
+    ``sparsify``: ``none`` | ``magnitude`` (TIES) | ``random`` (DARE; ``keys[j]`` from
+    :func:`fusion_train.merge.rng.stream_key`). ``densities`` and ``keys`` have one entry per model.
+    Callers check :func:`enabled` and :func:`applicable` first.
+    """
+    core = _core()
+    n = base.numel()
+    count = len(models)
+    densities = list(densities) if densities is not None else [1.0] * count
+    keys = list(keys) if keys is not None else [0] * count
+    modes: List[int] = []
+    ks: List[int] = []
+    below: List[int] = []
+    for d in densities:
+        mode, k, kb = sparsify_mode(sparsify, float(d), n)
+        modes.append(mode)
+        ks.append(k)
+        below.append(kb)
+    total = float(sum(weights))
+    divisor = total if abs(total) >= 1e-8 else 1.0
+    out = torch.empty_like(base)
+    core.merge_gta(base.detach().numpy().reshape(-1), [m.detach().numpy().reshape(-1) for m in models],
+                   out.numpy().reshape(-1), [float(w) for w in weights], modes, ks, below, [int(k) for k in keys],
+                   bool(consensus), bool(normalize), bool(rescale), float(lam), divisor,
+                   int(num_threads if num_threads is not None else torch.get_num_threads()))
+    return out
