@@ -1,13 +1,27 @@
-"""Array-level remap speed: positions/s of the C++ kernel (tokalign.remap.remap_batch) vs the slow
-Python reference (tests/remap_reference.py), measured in the same run on the same data.
+"""Remap speed, two modes (both by default), each against a slow baseline measured in the same run.
 
-Data: ragged batch of sequences (default 4096 x 512 = 2.1 M pivot positions), K = 10 source top-k
-ids drawn like a real model's (gold next token + a popular pool + random), groups with a realistic
-mix (about 80 % 1:1), and the real vocabulary-map density: an exact-match map between two shared
-tokenizers (default source qwen2 -> pivot openchat-3.5) when ../shared is present, else a random map
-with 1-3 pivot ids per row. Goal: >= 5 M positions/s on 2 cores.
+``--mode array``: positions/s of the C++ kernel alone (tokalign.remap.remap_batch) vs the slow Python
+reference (tests/remap_reference.py) on the same data. Ragged batch of sequences (default 4096 x 512 = 2.1 M
+pivot positions), K = 10 source top-k ids drawn like a real model's (gold next token + a popular pool +
+random), groups with a realistic mix (about 80 % 1:1), and the real vocabulary-map density: an exact-match
+map between two shared tokenizers (default source qwen2 -> pivot openchat-3.5) when ../shared is present,
+else a random map with 1-3 pivot ids per row.
 
-    python benchmarks/remap_speed.py --threads 2 [--torch] [--json]
+``--mode store``: ``tokalign remap`` end to end, store to store. A pivot store (openchat-3.5) and a source
+store (internlm2) are built with the store writer from real texts of ../shared/corpora tokenized like
+``dump-logits --template plain`` (each store in its own length order, samples truncated at 2048 tokens),
+with random but realistic top-10 distributions (tests/remap_stores.py), about ``--positions`` pivot
+positions, and a real vocabulary map (``vocab.ms`` argmax from ``build_stats`` span statistics over the
+corpora, ``em`` fallback). They are cached under benchmarks/.cache (git-ignored). Timed: the CLI call
+(tokalign.cli.main, incl. loading tokenizers and map), the engine's per-stage breakdown (read, align,
+kernel, write; wall and process CPU) at the CLI's output compression level and at the store default
+(zstd 5), and the per-sample path the CLI used before (tests/remap_store_reference.py, zstd 5 output) on
+150 samples from 5 places of the pivot order as the baseline.
+
+Goal: >= 5 M positions/s on 2 cores. The machine is shared: the load average is printed, and
+``engine_cpu_positions_per_s`` (positions per process-CPU second) is the load-independent figure.
+
+    python benchmarks/remap_speed.py --threads 2 [--mode store|array|both] [--positions 1500000] [--torch] [--json]
 """
 from __future__ import annotations
 
@@ -80,7 +94,34 @@ def main(argv=None) -> int:
     ap.add_argument("--torch", action="store_true", help="also time the torch path (CPU, or --device)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--mode", choices=("array", "store", "both"), default="both")
+    ap.add_argument("--positions", type=int, default=1_500_000, help="store mode: pivot positions (about)")
+    ap.add_argument("--batch-tokens", type=int, default=1 << 17, help="store mode: positions per batch")
+    ap.add_argument("--baseline-samples", type=int, default=150,
+                    help="store mode: samples timed with the per-sample path (baseline)")
+    ap.add_argument("--cache-dir", default=str(ROOT / "benchmarks" / ".cache"))
     args = ap.parse_args(argv)
+    report = {"command": "python benchmarks/remap_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "cpu_count": os.cpu_count(), "threads": args.threads}
+    if args.mode in ("array", "both"):
+        report["array"] = array_mode(args)
+    if args.mode in ("store", "both"):
+        report["store"] = store_mode(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            if isinstance(value, dict):
+                print(f"[{key}]")
+                for k, v in value.items():
+                    print(f"  {k:40s} {v}")
+            else:
+                print(f"{key:42s} {value}")
+    return 0
+
+
+def array_mode(args) -> dict:
+    """Kernel alone on synthetic ragged arrays vs the Python reference."""
 
     rng = np.random.default_rng(0)
     if args.map_npz:
@@ -122,7 +163,6 @@ def main(argv=None) -> int:
     t_ref = time.perf_counter() - t0
 
     report = {
-        "command": "python benchmarks/remap_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "map": map_desc,
         "map_nnz_per_mapped_row": round(pm.nnz / max(1, int(np.sum(np.diff(pm.indptr) > 0))), 3),
         "map_mapped_rows": round(float(np.mean(np.diff(pm.indptr) > 0)), 4),
@@ -166,12 +206,156 @@ def main(argv=None) -> int:
         report["torch_threads"] = torch.get_num_threads()
         report["torch_positions_per_s"] = round(n_pos / t_torch)
 
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for k, v in report.items():
-            print(f"{k:34s} {v}")
-    return 0
+    return report
+
+
+# ---- store-to-store mode ----------------------------------------------------------------------------------
+
+PIVOT_TOKENIZER, SOURCE_TOKENIZER = "openchat", "internlm2"
+CHARS_PER_POSITION = 3.65  # openchat-3.5 on the shared corpora (plain template): chars of text per token
+
+
+def build_store_pair(cache_dir: Path, positions: int, seed: int = 0) -> Path:
+    """Pivot / source stores and an MS vocabulary map, built once and cached (a finished build has done.json)."""
+    from remap_stores import build_pair, read_items
+
+    from tokalign import load_tokenizer, vocab
+    from tokalign.build_stats import BuildOptions, build_stats
+    from tokalign.paths import shared_corpora
+
+    d = cache_dir / f"remap-store-{PIVOT_TOKENIZER}-{SOURCE_TOKENIZER}-{positions}-seed{seed}-v1"
+    if (d / "done.json").is_file():
+        return d
+    if d.exists():
+        import shutil
+
+        shutil.rmtree(d)
+    tdir = shared_tokenizers()
+    tp = load_tokenizer(PIVOT_TOKENIZER, tokenizer_dir=tdir)
+    ts = load_tokenizer(SOURCE_TOKENIZER, tokenizer_dir=tdir)
+    corpora = [shared_corpora() / f for f in ("alpacaeval_parallel.jsonl", "chat_multiturn_zh.jsonl", "code_math.jsonl")]
+    t0 = time.perf_counter()
+    items = read_items(corpora, limit_chars=int(positions * CHARS_PER_POSITION), seed=seed)
+    counts = build_pair(d, tp, ts, items, seed=seed)
+    stats = build_stats(tp, ts, [str(c) for c in corpora], BuildOptions(method="span"), progress=False)
+    vocab.ms(tp, ts, stats.matrix, fallback="em").save(d / "map")
+    (d / "done.json").write_text(json.dumps({"items": len(items), **counts, "pairs": int(stats.matrix.nnz),
+                                             "build_seconds": round(time.perf_counter() - t0, 1)}))
+    return d
+
+
+def _remap_schema(pivot, pm, clevel=None):
+    from tokalign.store import ExtraArray, StoreSchema
+
+    extra = {} if clevel is None else {"compression_level": clevel}
+    return StoreSchema(model="bench", tokenizer_fingerprint=pivot.schema.tokenizer_fingerprint, vocab_size=pm.pivot_vocab,
+                       k=10, logits_dtype="float32", kind="remapped",
+                       extras=(ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
+                               ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool")), **extra)
+
+
+def store_mode(args) -> dict:
+    """``tokalign remap`` store to store: CLI end to end, engine breakdown, per-sample baseline."""
+    import contextlib
+    import io
+    import shutil
+
+    from remap_store_reference import remap_per_sample
+
+    from tokalign import load_tokenizer
+    from tokalign.cli import main as cli_main
+    from tokalign.cli.remap import FLUSH_TOKENS, OUTPUT_COMPRESSION_LEVEL
+    from tokalign.remap_store import TokenBytes, remap_stores
+    from tokalign.store import StoreWriter, open_store, open_writer
+    from tokalign.vocab import VocabMap
+
+    cache = Path(args.cache_dir)
+    d = build_store_pair(cache, args.positions)
+    built = json.loads((d / "done.json").read_text())
+    work = cache / "remap-store-out"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tdir = shared_tokenizers()
+    load_before = os.getloadavg()
+
+    # 1. the CLI, end to end (opens the stores, loads tokenizers and map, remaps, writes, closes)
+    argv = ["remap", "--pivot-store", str(d / "pivot.zarr"), "--source-store", str(d / "source.zarr"), "--map",
+            str(d / "map"), "--out", str(work / "cli.zarr"), "--tokenizer-dir", str(tdir), "--threads",
+            str(args.threads), "--batch-tokens", str(args.batch_tokens), "--json"]
+    buf = io.StringIO()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with contextlib.redirect_stdout(buf):
+        rc = cli_main(argv)
+    t_cli, c_cli = time.perf_counter() - t0, time.process_time() - c0
+    assert rc == 0, rc
+    cli = json.loads(buf.getvalue())
+    n_pos = int(cli["positions"])
+
+    # 2. the engine alone: without prefetch at the CLI's output level (exact CPU per stage), and with prefetch at
+    #    the store default level 5 (what the per-sample path wrote)
+    a, b = open_store(str(d / "pivot.zarr")), open_store(str(d / "source.zarr"))
+    tp = load_tokenizer(PIVOT_TOKENIZER, tokenizer_dir=tdir)
+    ts = load_tokenizer(SOURCE_TOKENIZER, tokenizer_dir=tdir)
+    pm = prepare_map(VocabMap.load(d / "map").matrix)
+    pb, sb = TokenBytes.of(tp), TokenBytes.of(ts)
+    runs = {}
+    for name, prefetch, clevel in ((f"sequential_clevel{OUTPUT_COMPRESSION_LEVEL}", False, OUTPUT_COMPRESSION_LEVEL),
+                                   ("clevel5", True, 5)):
+        w = open_writer(str(work / f"{name}.zarr"), _remap_schema(a, pm, clevel), flush_tokens=FLUSH_TOKENS)
+        runs[name] = remap_stores(a, b, pm, w, a.sample_ids, pb, sb, threads=args.threads,
+                                  batch_tokens=args.batch_tokens, prefetch=prefetch)
+        w.close()
+        runs[name].stored_bytes = open_store(str(work / f"{name}.zarr")).stored_bytes()
+    seq, slow = runs[f"sequential_clevel{OUTPUT_COMPRESSION_LEVEL}"], runs["clevel5"]
+
+    # 3. baseline: the per-sample path (same stores, same map) on 5 runs of consecutive samples spread over the
+    #    pivot order (the store is sorted by length: the first samples alone would be the longest ones)
+    n_all, n_base = len(a), min(args.baseline_samples, len(a))
+    starts = [int(f * (n_all - n_base // 5)) for f in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    ids = list(dict.fromkeys(i for s0 in starts for i in a.sample_ids[s0:s0 + max(1, n_base // 5)]))
+    w = StoreWriter.create(str(work / "baseline.zarr"), _remap_schema(a, pm))
+    t0, c0 = time.perf_counter(), time.process_time()
+    base_pos = remap_per_sample(a, b, pm, w, ids, tp.token_texts(), ts.token_texts(), threads=args.threads)
+    w.close()
+    t_base, c_base = time.perf_counter() - t0, time.process_time() - c0
+    load_after = os.getloadavg()
+    shutil.rmtree(work, ignore_errors=True)
+
+    def per_s(n, t):
+        return round(n / t) if t > 0 else 0
+
+    return {
+        "stores": str(d), "samples": built["samples"] if "samples" in built else built["pivot"]["samples"],
+        "pivot_positions": n_pos, "source_positions": built["source"]["tokens"],
+        "map": f"ms argmax ({built['pairs']} stat pairs), em fallback",
+        "alignment": cli["alignment"], "mean_retained_mass": round(cli["mean_retained_mass"], 4),
+        "load_average_before_after": [round(x, 2) for x in load_before[:1] + load_after[:1]],
+        "cli_seconds": round(t_cli, 3), "cli_cpu_seconds": round(c_cli, 3),
+        "cli_positions_per_s": per_s(n_pos, t_cli),
+        "cli_engine_positions_per_s": cli["positions_per_s"],
+        "cli_engine_seconds": cli["seconds"],
+        f"engine_sequential_clevel{OUTPUT_COMPRESSION_LEVEL}_seconds": {k: round(v, 3) for k, v in seq.seconds.items()},
+        f"engine_sequential_clevel{OUTPUT_COMPRESSION_LEVEL}_cpu_seconds": {k: round(v, 3)
+                                                                           for k, v in seq.cpu_seconds.items()},
+        "engine_cpu_us_per_position": {k: round(v / n_pos * 1e6, 3) for k, v in seq.cpu_seconds.items()},
+        "engine_cpu_positions_per_s": per_s(n_pos, seq.cpu_seconds["total"]),
+        "engine_chunks_read": seq.chunks_read,
+        f"output_bytes_per_position_clevel{OUTPUT_COMPRESSION_LEVEL}": round(seq.stored_bytes / n_pos, 1),
+        "engine_clevel5_positions_per_s": round(slow.positions_per_s),
+        "engine_clevel5_cpu_positions_per_s": per_s(n_pos, slow.cpu_seconds["total"]),
+        "engine_clevel5_seconds": {k: round(v, 3) for k, v in slow.seconds.items()},
+        "engine_clevel5_cpu_us_per_position": {k: round(v / n_pos * 1e6, 3) for k, v in slow.cpu_seconds.items()},
+        "output_bytes_per_position_clevel5": round(slow.stored_bytes / n_pos, 1),
+        "baseline_samples": len(ids), "baseline_positions": base_pos,
+        "baseline_positions_per_s": per_s(base_pos, t_base),
+        "baseline_cpu_positions_per_s": per_s(base_pos, c_base),
+        "speedup_cli_vs_baseline": round(per_s(n_pos, t_cli) / max(per_s(base_pos, t_base), 1), 1),
+        "speedup_engine_cpu_vs_baseline_cpu": round(per_s(n_pos, seq.cpu_seconds["total"])
+                                                    / max(per_s(base_pos, c_base), 1), 1),
+        "speedup_engine_clevel5_cpu_vs_baseline_cpu": round(per_s(n_pos, slow.cpu_seconds["total"])
+                                                            / max(per_s(base_pos, c_base), 1), 1),
+        "goal_positions_per_s": 5_000_000,
+    }
 
 
 if __name__ == "__main__":

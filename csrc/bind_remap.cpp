@@ -1,6 +1,7 @@
 // pybind11 binding of the remap kernel (csrc/remap_kernel.cpp): checks shapes, allocates the outputs
 // and runs the kernel with the GIL released. Python wrapper and semantics: tokalign/remap.py, docs/remap.md.
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -10,6 +11,7 @@
 
 #include "bindings.h"
 #include "tokalign/remap.h"
+#include "tokalign/remap_align.h"
 
 namespace py = pybind11;
 
@@ -119,6 +121,56 @@ py::dict remap_topk(Arr<int64_t> groups, Arr<int64_t> group_offsets, Arr<int32_t
     return d;
 }
 
+// Token bytes table (data uint8 [B], offsets int64 [V + 1]) -> kernel view; checks the offsets.
+remap::TokenBytes token_bytes(const Arr<uint8_t>& data, const Arr<int64_t>& offsets, const char* side) {
+    auto fail = [&](const std::string& m) { throw std::invalid_argument(std::string("align: ") + side + " " + m); };
+    if (data.ndim() != 1 || offsets.ndim() != 1 || offsets.size() < 1) fail("token bytes must be 1-D with offsets [V + 1]");
+    const int64_t* o = offsets.data();
+    const int64_t v = offsets.size() - 1;
+    if (o[0] != 0 || o[v] != static_cast<int64_t>(data.size())) fail("token byte offsets must run from 0 to the byte count");
+    for (int64_t t = 0; t < v; ++t)
+        if (o[t + 1] < o[t]) fail("token byte offsets decrease at token " + std::to_string(t));
+    remap::TokenBytes tb;
+    tb.data = data.data();
+    tb.offsets = o;
+    tb.size = v;
+    return tb;
+}
+
+py::tuple remap_align_batch(Arr<uint8_t> pivot_bytes, Arr<int64_t> pivot_byte_offsets, Arr<int32_t> pivot_ids,
+                            Arr<int64_t> pivot_offsets, Arr<uint8_t> source_bytes, Arr<int64_t> source_byte_offsets,
+                            Arr<int32_t> source_ids, Arr<int64_t> source_offsets, int64_t max_diff, int tie,
+                            int num_threads) {
+    auto fail = [](const std::string& m) { throw std::invalid_argument(m); };
+    if (pivot_offsets.ndim() != 1 || pivot_offsets.size() < 1 || source_offsets.size() != pivot_offsets.size())
+        fail("align: pivot and source offsets must both have length S + 1");
+    if (pivot_ids.ndim() != 1 || source_ids.ndim() != 1) fail("align: ids must be 1-D");
+    const int64_t S = pivot_offsets.size() - 1;
+    const int64_t* po = pivot_offsets.data();
+    const int64_t* so = source_offsets.data();
+    if (po[0] != 0 || po[S] != pivot_ids.size() || so[0] != 0 || so[S] != source_ids.size())
+        fail("align: offsets must run from 0 to the number of ids");
+    if (tie != 0 && tie != 1) fail("align: tie must be 0 (pivot first) or 1 (source first)");
+    const remap::TokenBytes pb = token_bytes(pivot_bytes, pivot_byte_offsets, "pivot");
+    const remap::TokenBytes sb = token_bytes(source_bytes, source_byte_offsets, "source");
+    remap::AlignBatchOutput out;
+    std::string err;
+    {
+        py::gil_scoped_release release;
+        err = remap::align_batch(pb, pivot_ids.data(), po, sb, source_ids.data(), so, S, max_diff, tie, num_threads,
+                                 out);
+    }
+    if (!err.empty()) throw std::invalid_argument(err);
+    const py::ssize_t G = static_cast<py::ssize_t>(out.groups.size() / 4);
+    py::array_t<int64_t> groups({G, py::ssize_t(4)});
+    py::array_t<int64_t> goff(static_cast<py::ssize_t>(out.group_offsets.size()));
+    py::array_t<uint8_t> path(static_cast<py::ssize_t>(out.path.size()));
+    if (!out.groups.empty()) std::memcpy(groups.mutable_data(), out.groups.data(), out.groups.size() * sizeof(int64_t));
+    std::memcpy(goff.mutable_data(), out.group_offsets.data(), out.group_offsets.size() * sizeof(int64_t));
+    if (!out.path.empty()) std::memcpy(path.mutable_data(), out.path.data(), out.path.size());
+    return py::make_tuple(groups, goff, path);
+}
+
 }  // namespace
 
 void bind_remap(py::module_& m) {
@@ -132,6 +184,14 @@ void bind_remap(py::module_& m) {
           "inside: 0 onehot, 1 pivot, 2 mask; one_to_many: 0 last, 1 weighted. Returns a dict of arrays\n"
           "(topk_ids, topk_logits, group_kind, retained_mass, valid (uint8), source_position) and counts.\n"
           "Low-level: use tokalign.remap.remap_batch.");
+
+    m.def("remap_align_batch", &remap_align_batch, py::arg("pivot_bytes"), py::arg("pivot_byte_offsets"),
+          py::arg("pivot_ids"), py::arg("pivot_offsets"), py::arg("source_bytes"), py::arg("source_byte_offsets"),
+          py::arg("source_ids"), py::arg("source_offsets"), py::arg("max_diff") = 2048, py::arg("tie") = 0,
+          py::arg("num_threads") = 0,
+          "Align a batch of stored id sequences like tokalign.align.span on the texts their token bytes spell\n"
+          "(GIL released, OpenMP over pairs). Returns (groups [G, 4] int64, group_offsets [S + 1] int64,\n"
+          "path uint8 [S]: 0 same text, 1 diff, 2 diff + DTW, 3 empty). Low-level: see tokalign.remap_store.");
 }
 
 }  // namespace tokalign

@@ -1,4 +1,4 @@
-"""``tokalign remap``: project a source model's store onto the pivot vocabulary, sample by sample.
+"""``tokalign remap``: project a source model's store onto the pivot vocabulary (engine: tokalign.remap_store).
 
 Written against the contracts of ``tokalign.store`` / ``tokalign.align`` / ``tokalign.vocab``
 (docs/architecture.md); those modules are imported inside :func:`run`, so the pure helpers below
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..remap import INSIDE_POLICIES, KIND_NAMES, ONE_TO_MANY_POLICIES, RemapResu
 EPILOG = """examples:
   tokalign remap --pivot-store openchat.zarr --source-store internlm2.zarr --map map-ms/ --out internlm2-on-openchat.zarr
   tokalign remap --pivot-store A.zarr --source-store B.zarr --map map/ --out C.zarr --top-k 10 --inside mask --json
-  tokalign remap ... --one-to-many weighted --pivot openchat-3.5 --source internlm2
+  tokalign remap ... --one-to-many weighted --pivot openchat --source internlm2 --compression-level 5
 
 Samples are joined by sample id (ids present in only one store are reported and skipped). The pivot
 store's tokenizer must be the map's pivot and the source store's the map's source (fingerprints are
@@ -28,7 +28,11 @@ plus per-position provenance: group_kind, retained_mass, source_position, remap_
 An interrupted run resumes: samples already committed in --out are skipped.
 """
 
-BATCH_SAMPLES = 64
+#: zstd level of new output stores: compression dominates the remap's CPU time (docs/remap.md, Speed)
+OUTPUT_COMPRESSION_LEVEL = 1
+#: the output writer commits every this many positions (a whole shard at the default chunking, so that
+#: no shard is rewritten; a kill loses at most this much work)
+FLUSH_TOKENS = 1 << 19
 
 
 def register(subparsers) -> None:
@@ -52,6 +56,11 @@ def register(subparsers) -> None:
     p.add_argument("--source", default=None, help="source tokenizer (default: from the source store's attributes)")
     p.add_argument("--tokenizer-dir", default=None, help="folder holding tokenizer aliases")
     p.add_argument("--threads", type=int, default=0, help="native threads (0 = all cores)")
+    p.add_argument("--batch-tokens", type=int, default=1 << 17, dest="batch_tokens",
+                   help="pivot positions aligned, remapped and written together (default 131072)")
+    p.add_argument("--compression-level", type=int, default=None, dest="compression_level",
+                   help=f"zstd level (0-9) of a new output store (default {OUTPUT_COMPRESSION_LEVEL}: writing at the "
+                        "store default 5 costs ~3x the CPU for ~10%% fewer bytes); a resumed store keeps its level")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -143,11 +152,6 @@ def remap_samples(pivot_samples: Sequence[Mapping[str, Any]], source_samples: Se
                        one_to_many=one_to_many, num_threads=threads)
 
 
-def _batches(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
 # ---- the command ------------------------------------------------------------------------------------
 
 def _tokenizer_name(schema: Any, given: str | None, which: str) -> str:
@@ -163,7 +167,7 @@ def _tokenizer_name(schema: Any, given: str | None, which: str) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         from .. import load_tokenizer
-        from ..align import span
+        from ..remap_store import TokenBytes, remap_stores
         from ..store import ExtraArray, StoreSchema, open_store, open_writer
         from ..vocab import VocabMap
     except ImportError as exc:  # the stages land separately; say which one is missing
@@ -172,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise TokalignError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.batch_tokens < 1:
+        raise TokalignError(f"--batch-tokens must be >= 1, got {args.batch_tokens}")
+    if args.compression_level is not None and not 0 <= args.compression_level <= 9:
+        raise TokalignError(f"--compression-level must be in 0..9, got {args.compression_level}")
     a = open_store(args.pivot_store)
     b = open_store(args.source_store)
     tok_p = load_tokenizer(_tokenizer_name(a.schema, args.pivot, "pivot"), tokenizer_dir=args.tokenizer_dir)
@@ -188,6 +196,12 @@ def run(args: argparse.Namespace) -> int:
         raise TokalignError(f"{args.map_dir}: map shape {pm.source_vocab} x {pm.pivot_vocab} is smaller than the "
                             f"vocabularies ({tok_s.vocab_size} source, {tok_p.vocab_size} pivot)")
     common, only_pivot, only_source = join_sample_ids(list(a.sample_ids), list(b.sample_ids))
+    level = args.compression_level
+    if level is None:  # a store being resumed keeps the level it was created with
+        try:
+            level = open_store(args.out, allow_incomplete=True).schema.compression_level
+        except TokalignError:
+            level = OUTPUT_COMPRESSION_LEVEL
 
     schema = StoreSchema(
         model=f"{b.schema.model} -> {tok_p.name}", tokenizer_fingerprint=a.schema.tokenizer_fingerprint,
@@ -199,51 +213,34 @@ def run(args: argparse.Namespace) -> int:
                  "tokenizer": tok_p.name},
         extras=(ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
                 ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool")),
+        compression_level=int(level),
     )
-    writer = open_writer(args.out, schema)
+    writer = open_writer(args.out, schema, flush_tokens=FLUSH_TOKENS)
     todo = writer.remaining(common)
-    texts_p, texts_s = tok_p.token_texts(), tok_s.token_texts()
-    totals = {"positions": 0, "valid": 0, "masked": 0, "nonfinite": 0, "empty": 0, "retained": 0.0}
-    kinds = dict.fromkeys(KIND_NAMES.values(), 0)
     with tqdm(total=len(todo), desc="remap", unit="sample", disable=args.json) as bar:
-        for ids in _batches(todo, BATCH_SAMPLES):
-            ps = [a.by_id(i) for i in ids]
-            ss = [b.by_id(i) for i in ids]
-            groups = []
-            for sid, x, y in zip(ids, ps, ss):
-                tp, op = token_byte_offsets(texts_p, x["input_ids"])
-                ts, os_ = token_byte_offsets(texts_s, y["input_ids"])
-                try:
-                    groups.append(np.asarray(span(op, os_, pivot_text=tp, source_text=ts).groups, np.int64))
-                except TokalignError as exc:
-                    raise TokalignError(f"sample {sid}: {exc}") from exc
-            res = remap_samples(ps, ss, groups, pm, k_out=args.top_k, inside=args.inside,
-                                one_to_many=args.one_to_many, threads=args.threads)
-            writer.append(build_samples(ids, ps, res))
-            s = res.summary()
-            totals["positions"] += s["positions"]
-            totals["valid"] += s["valid"]
-            totals["retained"] += float(np.asarray(res.retained_mass, np.float64)[res.valid].sum())
-            for key in ("masked", "nonfinite", "empty"):
-                totals[key] += s[key]
-            for name, n in s["kinds"].items():
-                kinds[name] += n
-            bar.update(len(ids))
+        totals = remap_stores(a, b, pm, writer, todo, TokenBytes.of(tok_p), TokenBytes.of(tok_s), k_out=args.top_k,
+                              inside=args.inside, one_to_many=args.one_to_many, threads=args.threads,
+                              batch_tokens=args.batch_tokens, progress=bar.update)
     writer.close()
+    sec = totals.seconds
     report = {
         "out": str(args.out), "samples_written": len(todo), "samples_already_done": len(common) - len(todo),
         "only_in_pivot_store": len(only_pivot), "only_in_source_store": len(only_source),
         "only_in_pivot_examples": only_pivot[:5], "only_in_source_examples": only_source[:5],
         "inside": args.inside, "one_to_many": args.one_to_many, "top_k": args.top_k,
-        "positions": totals["positions"], "valid_positions": totals["valid"], "masked": totals["masked"],
-        "nonfinite": totals["nonfinite"], "empty": totals["empty"], "group_kinds": kinds,
-        "mean_retained_mass": totals["retained"] / totals["valid"] if totals["valid"] else 0.0,
+        "positions": totals.positions, "valid_positions": totals.valid, "masked": totals.masked,
+        "nonfinite": totals.nonfinite, "empty": totals.empty, "group_kinds": totals.kinds,
+        "mean_retained_mass": totals.mean_retained_mass,
+        "alignment": totals.align_paths,
+        "seconds": {k: round(v, 4) for k, v in sec.items()},
+        "positions_per_s": round(totals.positions_per_s),
     }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"tokalign remap: {len(todo)} samples -> {args.out} ({report['samples_already_done']} already done); "
-              f"{totals['valid']}/{totals['positions']} positions valid, mean retained mass "
+              f"{totals.valid}/{totals.positions} positions valid, mean retained mass "
               f"{report['mean_retained_mass']:.3f}; {len(only_pivot)} ids only in the pivot store, "
-              f"{len(only_source)} only in the source store", file=sys.stderr)
+              f"{len(only_source)} only in the source store; {totals.positions_per_s / 1e6:.2f} M positions/s",
+              file=sys.stderr)
     return 0

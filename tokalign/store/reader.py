@@ -224,10 +224,19 @@ class StoreReader:
             i += j_end - j
 
     # -- raw access -------------------------------------------------------------------------------------
-    def read_tokens(self, part: Union[int, str], start: int, stop: int) -> Dict[str, np.ndarray]:
-        """Decoded token arrays of one part, rows [start, stop) (topk_logits as float32)."""
+    def read_tokens(self, part: Union[int, str], start: int, stop: int,
+                    fields: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        """Decoded token arrays of one part, rows [start, stop) (topk_logits as float32, topk_ids as int32).
+
+        ``fields`` limits the arrays read (default: all token arrays); they are fetched concurrently.
+        """
         p = self.parts[part] if isinstance(part, int) else {q.name: q for q in self.parts}[part]
-        return self._read_tokens(p, int(start), int(stop))
+        if fields is not None:
+            unknown = [f for f in fields if f not in self._token_names]
+            if unknown:
+                raise TokalignError("unknown token field(s) %s; this store has %s"
+                                    % (", ".join(unknown), ", ".join(self._token_names)))
+        return self._read_tokens(p, int(start), int(stop), None if fields is None else list(fields))
 
     def _read_tokens(self, part: _Part, lo: int, hi: int, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         names = self._token_names if names is None else names

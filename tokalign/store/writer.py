@@ -318,6 +318,75 @@ class StoreWriter:
             packed[name] = np.concatenate(parts) if parts else np.zeros((0,) + tuple(tail), dtype=dtype)
         return packed
 
+    def append_packed(self, sample_ids: Sequence[Any], lengths: Any, arrays: Mapping[str, Any],
+                      seq_ce: Optional[Any] = None) -> int:
+        """Validate and buffer a batch given as concatenated token arrays (what :meth:`append` builds from
+        sample dicts; this skips the per-sample packing, for producers that already hold packed batches).
+
+        ``sample_ids`` [B] str, ``lengths`` [B] tokens per sample, ``arrays``: every token array of the schema
+        with ``sum(lengths)`` rows (``logsumexp`` optional for remapped stores), ``seq_ce`` [B] optional
+        (computed from token_ce and loss_mask when None). Same checks, skips and commit behaviour as
+        :meth:`append`; the whole batch is rejected on a bad value. The arrays are not copied when they
+        already have the stored dtype: do not modify them after the call.
+        """
+        self._check_open()
+        ids: List[str] = []
+        for i, sid in enumerate(sample_ids):
+            if isinstance(sid, (np.integer, int)) and not isinstance(sid, bool):
+                sid = str(int(sid))
+            if not isinstance(sid, str) or not sid:
+                raise TokalignError("sample %d of the batch: sample_id must be a non-empty str, got %r" % (i, sid))
+            ids.append(sid)
+        if not ids:
+            return 0
+        lengths = np.asarray(lengths)
+        if lengths.shape != (len(ids),) or (lengths.size and (lengths.dtype.kind not in "iu" or lengths.min() < 0)):
+            raise TokalignError("lengths must be %d non-negative integers, got shape %s dtype %s"
+                                % (len(ids), lengths.shape, lengths.dtype))
+        lengths = lengths.astype(np.int64)
+        total = int(lengths.sum())
+        unknown = set(arrays) - set(self._token_specs)
+        if unknown:
+            raise TokalignError("packed batch: unknown field(s) %s" % ", ".join(sorted(unknown)))
+        packed: Dict[str, Any] = {"sample_id": ids, "lengths": lengths}
+        for name, (dtype, tail) in self._token_specs.items():
+            if name == "logsumexp" and self.schema.kind == "remapped" and arrays.get(name) is None:
+                packed[name] = np.zeros(total, dtype=np.float32)
+                continue
+            if arrays.get(name) is None:
+                raise TokalignError("packed batch: field %s is missing" % name)
+            value = arrays[name]
+            arr = _logits_to_stored(value, self.schema.logits_dtype) if name == "topk_logits" else _to_numpy(value)
+            want = (total,) + tuple(tail)
+            if arr.shape != want:
+                if name in ("topk_ids", "topk_logits") and arr.ndim == 2 and arr.shape[0] == total:
+                    raise TokalignError("packed batch: %s has K=%d per position, the store has k=%d"
+                                        % (name, arr.shape[1], int(self.schema.k)))
+                raise TokalignError("packed batch: %s has shape %s, expected %s" % (name, arr.shape, want))
+            target = np.dtype(dtype)
+            if name != "topk_logits" and arr.size:
+                if name == "input_ids" and arr.dtype.kind not in "iu":
+                    raise TokalignError("packed batch: input_ids must be integers, got dtype %s" % arr.dtype)
+                if target.kind in "iu" and name != "topk_ids" and arr.dtype.kind in "iu":
+                    info = np.iinfo(target)  # extras: refuse values the declared dtype would wrap
+                    if arr.min() < info.min or arr.max() > info.max:
+                        raise TokalignError("packed batch: %s holds values outside %s" % (name, target.name))
+                if target.kind in "iub" and arr.dtype.kind not in "iub":
+                    raise TokalignError("packed batch: %s must be integer/boolean, got dtype %s" % (name, arr.dtype))
+                if target.kind == "f" and arr.dtype.kind not in "iuf":
+                    raise TokalignError("packed batch: %s must be numeric, got dtype %s" % (name, arr.dtype))
+            packed[name] = arr
+        if seq_ce is None:
+            packed["seq_ce_given"] = np.zeros(len(ids), dtype=bool)
+            packed["seq_ce"] = np.full(len(ids), np.nan, dtype=np.float32)
+        else:
+            ce = np.asarray(_to_numpy(seq_ce), dtype=np.float32)
+            if ce.shape != (len(ids),):
+                raise TokalignError("packed batch: seq_ce has shape %s, expected (%d,)" % (ce.shape, len(ids)))
+            packed["seq_ce_given"] = np.ones(len(ids), dtype=bool)
+            packed["seq_ce"] = ce
+        return self._append_packed(packed)
+
     @staticmethod
     def _require(s: Mapping[str, Any], name: str, where: str) -> Any:
         if s.get(name) is None:

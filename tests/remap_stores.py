@@ -1,0 +1,119 @@
+"""Realistic pivot / source store pairs for remap tests and benchmarks, built directly with the store writer.
+
+Real texts are tokenized with real tokenizers exactly as ``tokalign dump-logits --template plain`` would
+(``tokalign.dump.prepare_samples``: BOS added, assistant loss mask) and each store is written in the dump's
+order (longest first by its *own* token count, so the two stores are ordered differently). The top-k
+distributions are random but shaped like a model's: the gold next token on top most of the time, the other
+ids from a pool of frequent tokens, logits sorted descending, ``logsumexp`` above the top-k (a tail).
+No model runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from tokalign.corpus import Corpus, CorpusItem
+from tokalign.dump import length_order, prepare_samples
+from tokalign.store import StoreSchema, StoreWriter
+
+POOL = 4096  # frequent-token pool (a power of two: odd strides visit distinct pool slots)
+
+
+def read_items(paths: Sequence[Path], *, limit_chars: Optional[int] = None, seed: int = 0) -> List[CorpusItem]:
+    """Corpus items of ``paths`` (plain template), shuffled with ``seed``, cut once ``limit_chars`` is reached."""
+    items = list(Corpus([str(p) for p in paths], template="plain"))
+    order = np.random.default_rng(seed).permutation(len(items))
+    out, chars = [], 0
+    for i in order:
+        out.append(items[int(i)])
+        chars += len(items[int(i)].text)
+        if limit_chars is not None and chars >= limit_chars:
+            break
+    return out
+
+
+def with_changed_texts(items: Sequence[CorpusItem], every: int, seed: int = 0) -> List[CorpusItem]:
+    """Copies of ``items`` where every ``every``-th text is genuinely different (a word inserted, a phrase
+    dropped, a line appended), as when the two stores were rendered with different templates."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, it in enumerate(items):
+        if every and k % every == 0 and it.text:
+            t = it.text
+            cut = int(rng.integers(0, len(t)))
+            kind = k // every % 3
+            if kind == 0:
+                t = t[:cut] + " extra words" + t[cut:]
+            elif kind == 1:
+                t = t[:cut] + t[cut + 15:]
+            else:
+                t = "<|im_start|>user\n" + t + "\n<|im_end|>"
+            it = dataclasses.replace(it, text=t, assistant_spans=[])
+        out.append(it)
+    return out
+
+
+def random_topk(rng: np.random.Generator, input_ids: np.ndarray, vocab: int, k: int, pool: np.ndarray):
+    """(topk_ids int32 [L, K], topk_logits float32 [L, K] descending, logsumexp [L], token_ce [L])."""
+    n = int(input_ids.shape[0])
+    start = rng.integers(0, POOL, n)[:, None]
+    stride = (2 * rng.integers(0, POOL // 2, n) + 1)[:, None]
+    ids = pool[(start + stride * np.arange(k)[None, :]) % POOL].astype(np.int32)
+    gold = np.empty(n, np.int64)
+    gold[:-1] = input_ids[1:]
+    gold[-1] = -1
+    hit = (rng.random(n) < 0.6) & (gold >= 0)
+    ids[hit, 0] = gold[hit]
+    rare = rng.random((n, k)) < 0.05
+    ids[rare] = rng.integers(0, vocab, int(rare.sum()))
+    logits = -np.sort(-rng.normal(0.0, 2.5, (n, k)).astype(np.float32), axis=1)
+    lse = (np.logaddexp.reduce(logits.astype(np.float64), axis=1) + rng.uniform(0.05, 1.0, n)).astype(np.float32)
+    ce = (lse - np.where(hit, logits[:, 0], logits[:, -1] - 1.0)).astype(np.float32)
+    ce[-1] = 0.0
+    return ids, logits, lse, ce
+
+
+def write_store(path: Path, tok, items: Sequence[CorpusItem], *, seed: int, k: int = 10,
+                logits_dtype: str = "bfloat16", max_length: int = 2048, batch: int = 256,
+                chunk_tokens: Optional[int] = None) -> Dict[str, int]:
+    """Tokenize ``items`` like the dump, write a top-k store at ``path`` in the dump's order; returns counts."""
+    samples, _ = prepare_samples(tok, list(items), mask_instruction=True, max_length=max_length, skip_long=False,
+                                 add_special_tokens=True)
+    samples = length_order(samples)
+    rng = np.random.default_rng(seed)
+    vocab = int(tok.vocab_size)
+    every = np.concatenate([s.input_ids for s in samples])
+    ids, counts = np.unique(every, return_counts=True)
+    pool = ids[np.argsort(-counts, kind="stable")][:POOL]
+    if pool.size < POOL:
+        pool = np.concatenate([pool, rng.integers(0, vocab, POOL - pool.size)])
+    extra = {} if chunk_tokens is None else {"chunk_tokens": chunk_tokens, "shard_tokens": chunk_tokens * 4}
+    schema = StoreSchema(model=f"synthetic-{tok.name}", tokenizer_fingerprint=tok.fingerprint, vocab_size=vocab,
+                         k=k, logits_dtype=logits_dtype, options={"tokenizer": tok.name, "template": "plain"},
+                         **extra)
+    w = StoreWriter.create(str(path), schema, overwrite=True)
+    tokens = 0
+    for lo in range(0, len(samples), batch):
+        out = []
+        for s in samples[lo:lo + batch]:
+            tid, lg, lse, ce = random_topk(rng, s.input_ids, vocab, k, pool)
+            out.append({"sample_id": s.sample_id, "input_ids": s.input_ids, "loss_mask": s.loss_mask,
+                        "topk_ids": tid, "topk_logits": lg, "logsumexp": lse, "token_ce": ce})
+            tokens += len(s.input_ids)
+        w.append(out)
+    w.close()
+    return {"samples": len(samples), "tokens": tokens}
+
+
+def build_pair(out_dir: Path, pivot_tok, source_tok, items: Sequence[CorpusItem], *, seed: int = 0,
+               source_items: Optional[Iterable[CorpusItem]] = None, **options) -> Dict[str, Dict[str, int]]:
+    """``out_dir/pivot.zarr`` and ``out_dir/source.zarr`` over the same items (``source_items``: other texts
+    for the source side, same ids)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    p = write_store(out_dir / "pivot.zarr", pivot_tok, items, seed=seed, **options)
+    s = write_store(out_dir / "source.zarr", source_tok, list(source_items) if source_items is not None else items,
+                    seed=seed + 1, **options)
+    return {"pivot": p, "source": s}

@@ -1,0 +1,407 @@
+"""Store-to-store remap: the engine behind ``tokalign remap`` (docs/remap.md, "Store to store").
+
+The output follows the pivot store: samples in the order given (the CLI passes the pivot store's order),
+each with the pivot's ``input_ids`` / ``loss_mask`` and the source distributions remapped onto them.
+Per batch of about ``batch_tokens`` pivot positions:
+
+1. **read** the pivot rows (``input_ids``, ``loss_mask``; the pivot top-k too for ``inside="pivot"``) and
+   the joined source rows (``input_ids``, top-k ids / logits, ``logsumexp``). Stores are read chunk by
+   chunk through a cache that knows, from the whole plan, which later batches need each chunk: a chunk
+   is decoded once as long as the source order is close to the pivot order (two dumps sorted by their
+   own token counts are), and any order still works (chunks are then re-read when the cache is full);
+2. **align** every pair in C++ (``_core.remap_align_batch``, OpenMP over samples): exactly
+   :func:`tokalign.align.span` on the texts the two id sequences spell (token bytes, one character per
+   byte), including the text diff + DTW for texts that differ (SentencePiece's dummy-prefix space,
+   different templates, truncation);
+3. **remap** with the C++ kernel (:func:`tokalign.remap.remap_batch`);
+4. **write** one packed append (``StoreWriter.append_packed``), ``token_ce`` computed vectorised.
+
+A background thread reads batch i + 1 while batch i is aligned, remapped and written. The results are
+identical to aligning and remapping each sample on its own (tests/test_remap_store.py).
+"""
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import TokalignError
+from .remap import KIND_NAMES, PreparedMap, remap_batch
+
+#: pivot positions per batch (align, remap and write work on whole batches)
+BATCH_TOKENS = 1 << 17
+#: decoded chunks kept for later batches (bytes)
+CACHE_BYTES = 512 << 20
+SOURCE_FIELDS = ("input_ids", "topk_ids", "topk_logits", "logsumexp")
+PIVOT_TOPK_FIELDS = ("topk_ids", "topk_logits", "logsumexp")
+ALIGN_PATHS = ("same_text", "text_diff", "text_diff_dtw", "empty")
+_TIE = {"fusechat": 0, "pivot_first": 0, "source_first": 1}
+
+
+# ---- token bytes ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenBytes:
+    """Canonical bytes of every token id of a vocabulary, packed: token t is ``data[offsets[t]:offsets[t+1]]``."""
+
+    data: np.ndarray  # uint8 [B]
+    offsets: np.ndarray  # int64 [V + 1]
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[bytes]) -> "TokenBytes":
+        offsets = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(np.fromiter((len(t) for t in texts), np.int64, count=len(texts)), out=offsets[1:])
+        return cls(np.frombuffer(b"".join(texts), np.uint8), offsets)
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> "TokenBytes":
+        """From a :class:`tokalign.tokenize.Tokenizer` (``token_texts()``)."""
+        return cls.from_texts(tokenizer.token_texts())
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+
+def align_packed(pivot_bytes: TokenBytes, pivot_ids: np.ndarray, pivot_offsets: np.ndarray, source_bytes: TokenBytes,
+                 source_ids: np.ndarray, source_offsets: np.ndarray, *, max_diff: int = 2048,
+                 tie_break: str = "fusechat", threads: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of many pairs of id sequences (ragged: ``ids[offsets[k]:offsets[k+1]]``), each exactly
+    ``align.span(..., pivot_text=, source_text=).groups`` on the texts the ids spell.
+
+    Returns (groups int64 [G, 4], group_offsets int64 [S + 1], path uint8 [S]: index into :data:`ALIGN_PATHS`).
+    Raises TokalignError naming the sequence ("sequence k: ...") for ids outside a tokenizer.
+    """
+    from ._core import remap_align_batch
+
+    if tie_break not in _TIE:
+        raise TokalignError("tie_break must be one of %s, got %r" % (", ".join(sorted(_TIE)), tie_break))
+    try:
+        return remap_align_batch(pivot_bytes.data, pivot_bytes.offsets, np.ascontiguousarray(pivot_ids, np.int32),
+                                 np.ascontiguousarray(pivot_offsets, np.int64), source_bytes.data,
+                                 source_bytes.offsets, np.ascontiguousarray(source_ids, np.int32),
+                                 np.ascontiguousarray(source_offsets, np.int64), int(max_diff), _TIE[tie_break],
+                                 int(threads))
+    except ValueError as exc:
+        raise TokalignError(str(exc)) from None
+
+
+def remapped_token_ce_packed(topk_ids: np.ndarray, topk_logits: np.ndarray, retained_mass: np.ndarray,
+                             valid: np.ndarray, input_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """:func:`tokalign.cli.remap.remapped_token_ce` for concatenated sequences (``offsets`` [S + 1]):
+    -log q(next pivot token) when kept, else -log(tail); 0 at each sequence's last position and where invalid.
+    Same float operations, so the values are bit-identical to the per-sequence function."""
+    n = int(topk_ids.shape[0])
+    ce = np.zeros(n, np.float32)
+    if n < 2:
+        return ce
+    nxt = np.asarray(input_ids[1:], dtype=np.int64)
+    hit = topk_ids[:-1] == nxt[:, None]
+    found = hit.any(axis=1)
+    q = np.where(found, np.where(hit, topk_logits[:-1], 0).sum(axis=1), 0.0)
+    tail = np.maximum(1.0 - retained_mass[:-1].astype(np.float64), 1e-6)
+    ce[:-1] = np.where(found, -q, -np.log(tail)).astype(np.float32)
+    offsets = np.asarray(offsets, np.int64)
+    ends = offsets[1:][offsets[1:] > offsets[:-1]] - 1  # last position of every non-empty sequence
+    ce[ends] = 0.0
+    ce[~np.asarray(valid, bool)] = 0.0
+    return ce
+
+
+# ---- reading whole samples through a chunk cache --------------------------------------------------------
+
+class ChunkGather:
+    """Reads the token rows of given samples of one store, batch after batch, for a plan known in advance.
+
+    ``plan[b]`` holds the global sample indices of batch b (output order). Chunks (``chunk_tokens`` rows
+    of the store) are decoded once and kept while a later batch still needs them; when the decoded
+    chunks exceed ``cache_bytes`` the one needed furthest in the future is dropped first (Belady's rule).
+    """
+
+    def __init__(self, store: Any, fields: Sequence[str], plan: Sequence[np.ndarray], cache_bytes: int = CACHE_BYTES):
+        self.store = store
+        self.fields = list(fields)
+        self.chunk = int(store.schema.chunk_tokens)
+        self.cache_bytes = int(cache_bytes)
+        counts = np.asarray([p.num_samples for p in store.parts], np.int64)
+        self._part_starts = np.concatenate([[0], np.cumsum(counts)])
+        self._chunks_per_part = 1 + max([p.num_tokens // self.chunk for p in store.parts] + [0])
+        self._plan: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._uses: Dict[int, List[int]] = {}
+        for b, idx in enumerate(plan):
+            part, lo, hi = self._ranges(np.asarray(idx, np.int64))
+            keys = self._keys(part, lo, hi)
+            self._plan.append((part, lo, hi, keys))
+            for k in keys.tolist():
+                self._uses.setdefault(k, []).append(b)
+        self._next_use: Dict[int, int] = dict.fromkeys(self._uses, 0)  # index into _uses[key]
+        self._cache: Dict[int, Dict[str, np.ndarray]] = {}
+        self._cached_bytes = 0
+        self.chunks_read = 0
+        self.chunks_reread = 0
+        self._ever: set = set()
+
+    def _ranges(self, idx: np.ndarray):
+        n = len(self._part_starts) - 1
+        if idx.size and (idx.min() < 0 or idx.max() >= self._part_starts[-1]):
+            raise TokalignError("sample index outside the store (%d samples)" % int(self._part_starts[-1]))
+        part = np.searchsorted(self._part_starts, idx, side="right") - 1 if n > 1 else np.zeros(idx.size, np.int64)
+        j = idx - self._part_starts[part]
+        lo = np.empty(idx.size, np.int64)
+        hi = np.empty(idx.size, np.int64)
+        for p in np.unique(part).tolist():
+            sel = part == p
+            offs = self.store.parts[p].offsets
+            lo[sel] = offs[j[sel]]
+            hi[sel] = offs[j[sel] + 1]
+        return part.astype(np.int64), lo, hi
+
+    def _keys(self, part: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        nonempty = hi > lo
+        c0 = lo[nonempty] // self.chunk
+        c1 = (hi[nonempty] - 1) // self.chunk
+        n = c1 - c0 + 1
+        first = np.repeat(part[nonempty] * self._chunks_per_part + c0, n)
+        step = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        return np.unique(first + step)
+
+    def _load(self, keys: Sequence[int]) -> None:
+        """Decodes the missing chunks, one read per run of consecutive chunks."""
+        missing = sorted(k for k in keys if k not in self._cache)
+        runs: List[List[int]] = []
+        for k in missing:
+            if runs and runs[-1][-1] + 1 == k and k // self._chunks_per_part == runs[-1][0] // self._chunks_per_part:
+                runs[-1].append(k)
+            else:
+                runs.append([k])
+        for run in runs:
+            p, c0 = divmod(run[0], self._chunks_per_part)
+            part = self.store.parts[p]
+            lo = c0 * self.chunk
+            hi = min((c0 + len(run)) * self.chunk, part.num_tokens)
+            arrays = self.store.read_tokens(p, lo, hi, self.fields)
+            for i, k in enumerate(run):
+                a, b = i * self.chunk, min((i + 1) * self.chunk, hi - lo)
+                piece = {f: v[a:b] for f, v in arrays.items()}
+                self._cache[k] = piece
+                self._cached_bytes += sum(v.nbytes for v in piece.values())
+                self.chunks_read += 1
+                if k in self._ever:
+                    self.chunks_reread += 1
+                self._ever.add(k)
+
+    def _evict(self, current: int) -> None:
+        for k in [k for k in self._cache if self._next_use[k] >= len(self._uses[k])]:
+            self._drop(k)  # no later batch needs it
+        if self._cached_bytes <= self.cache_bytes:
+            return
+        order = sorted(self._cache, key=lambda k: -self._uses[k][self._next_use[k]])
+        for k in order:
+            if self._cached_bytes <= self.cache_bytes:
+                break
+            self._drop(k)
+
+    def _drop(self, k: int) -> None:
+        piece = self._cache.pop(k)
+        self._cached_bytes -= sum(v.nbytes for v in piece.values())
+
+    def gather(self, b: int) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+        """Concatenated token arrays of batch ``b``'s samples and their offsets [S + 1]."""
+        part, lo, hi, keys = self._plan[b]
+        key_list = keys.tolist()
+        self._load(key_list)
+        lengths = hi - lo
+        offsets = np.zeros(lengths.size + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        first = self._cache[key_list[0]] if key_list else None
+        out: Dict[str, np.ndarray] = {}
+        for f in self.fields:
+            tail, dtype = ((first[f].shape[1:], first[f].dtype) if first is not None else ((), np.float32))
+            out[f] = np.empty((total,) + tuple(tail), dtype)
+        if total:
+            rows = np.repeat(lo - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)  # part-local row per output row
+            key = np.repeat(part * self._chunks_per_part, lengths) + rows // self.chunk
+            if np.all(key[1:] >= key[:-1]):
+                order = None  # already grouped by chunk (e.g. reading in store order): slices of the output
+                bounds = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [total]])
+                jumps = np.concatenate([[0], np.cumsum(rows[1:] - rows[:-1] != 1)])  # rows not following on
+            else:
+                order = np.argsort(key, kind="stable")
+                ks = key[order]
+                bounds = np.concatenate([[0], np.flatnonzero(ks[1:] != ks[:-1]) + 1, [total]])
+            for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                pos = slice(s, e) if order is None else order[s:e]
+                k = int(key[s] if order is None else key[order[s]])
+                base = (k % self._chunks_per_part) * self.chunk
+                piece = self._cache[k]
+                if order is None:
+                    r0 = int(rows[s]) - base
+                    local = slice(r0, r0 + e - s) if jumps[e - 1] == jumps[s] else rows[s:e] - base
+                else:
+                    local = rows[pos] - base
+                for f in self.fields:
+                    out[f][pos] = piece[f][local]
+        for k in key_list:
+            self._next_use[k] += 1
+        self._evict(b)
+        return out, offsets
+
+
+# ---- the store-to-store remap ------------------------------------------------------------------------------
+
+@dataclass
+class RemapTotals:
+    """Counts and timings of a store-to-store remap."""
+
+    samples: int = 0
+    positions: int = 0
+    valid: int = 0
+    masked: int = 0
+    nonfinite: int = 0
+    empty: int = 0
+    retained: float = 0.0
+    kinds: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KIND_NAMES.values(), 0))
+    align_paths: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(ALIGN_PATHS, 0))
+    #: wall seconds per stage; "read" runs in the prefetch thread (overlapping the others), "wait_read" is
+    #: the main thread waiting for it
+    seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("read", "wait_read", "align", "kernel", "write", "total"), 0.0))
+    #: process CPU seconds (all threads) during each main-thread stage; exact per stage without prefetch
+    cpu_seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("wait_read", "align", "kernel", "write", "total"), 0.0))
+    chunks_read: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mean_retained_mass(self) -> float:
+        return self.retained / self.valid if self.valid else 0.0
+
+    @property
+    def positions_per_s(self) -> float:
+        return self.positions / self.seconds["total"] if self.seconds["total"] > 0 else 0.0
+
+
+def plan_batches(lengths: np.ndarray, batch_tokens: int) -> List[np.ndarray]:
+    """Consecutive index ranges holding at most ``batch_tokens`` tokens (a longer sample forms its own batch)."""
+    out: List[np.ndarray] = []
+    start, acc = 0, 0
+    for i, n in enumerate(np.asarray(lengths, np.int64).tolist()):
+        if i > start and acc + n > batch_tokens:
+            out.append(np.arange(start, i))
+            start, acc = i, 0
+        acc += n
+    if start < len(lengths):
+        out.append(np.arange(start, len(lengths)))
+    return out
+
+
+def _sample_error(exc: TokalignError, ids: Sequence[str]) -> TokalignError:
+    """Replaces "sequence k" of a batch-level message by the sample id."""
+    msg = str(exc)
+    m = re.search(r"sequence (\d+)", msg)
+    if m and int(m.group(1)) < len(ids):
+        msg = msg[:m.start()] + "sample %r" % ids[int(m.group(1))] + msg[m.end():]
+    return TokalignError(msg)
+
+
+def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, sample_ids: Sequence[str],
+                 pivot_bytes: TokenBytes, source_bytes: TokenBytes, *, k_out: int = 10, inside: str = "onehot",
+                 one_to_many: str = "last", threads: int = 0, batch_tokens: int = BATCH_TOKENS,
+                 cache_bytes: int = CACHE_BYTES, prefetch: bool = True, max_diff: int = 2048,
+                 progress: Optional[Callable[[int], None]] = None) -> RemapTotals:
+    """Remap ``sample_ids`` (present in both stores) from ``source`` onto ``pivot`` and append them to ``writer``.
+
+    ``pivot`` / ``source``: :class:`tokalign.store.StoreReader`; ``vocab_map``: a prepared (source x pivot)
+    map; ``writer``: a :class:`tokalign.store.StoreWriter` of kind "remapped" with the extras ``group_kind``,
+    ``retained_mass``, ``source_position``, ``remap_valid`` (the caller closes it); ``pivot_bytes`` /
+    ``source_bytes``: the two tokenizers' token bytes. ``progress(n)`` is called with the samples done per batch.
+    """
+    t_start, c_start = time.perf_counter(), time.process_time()
+    totals = RemapTotals()
+    ids = [str(s) for s in sample_ids]
+    if not ids:
+        return totals
+    p_idx = np.fromiter((pivot.index_of(s) for s in ids), np.int64, count=len(ids))
+    s_idx = np.fromiter((source.index_of(s) for s in ids), np.int64, count=len(ids))
+    batches = plan_batches(pivot.lengths[p_idx], int(batch_tokens))
+    p_fields = ["input_ids", "loss_mask"] + (list(PIVOT_TOPK_FIELDS) if inside == "pivot" else [])
+    p_gather = ChunkGather(pivot, p_fields, [p_idx[b] for b in batches], cache_bytes // 4)
+    s_gather = ChunkGather(source, SOURCE_FIELDS, [s_idx[b] for b in batches], cache_bytes)
+    sec, cpu = totals.seconds, totals.cpu_seconds
+
+    def read(b: int):
+        t0 = time.perf_counter()
+        out = p_gather.gather(b), s_gather.gather(b)
+        sec["read"] += time.perf_counter() - t0
+        return out
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remap-read") if prefetch else None
+    try:
+        pending = pool.submit(read, 0) if pool else None
+        for b, rows in enumerate(batches):
+            t0, c0 = time.perf_counter(), time.process_time()
+            (pv, p_off), (sv, s_off) = pending.result() if pool else read(b)
+            t1, c1 = time.perf_counter(), time.process_time()
+            sec["wait_read"] += t1 - t0
+            cpu["wait_read"] += c1 - c0
+            if pool and b + 1 < len(batches):
+                pending = pool.submit(read, b + 1)
+            batch_ids = [ids[i] for i in rows.tolist()]
+
+            try:
+                groups, g_off, path = align_packed(pivot_bytes, pv["input_ids"], p_off, source_bytes, sv["input_ids"],
+                                                   s_off, max_diff=max_diff, threads=threads)
+            except TokalignError as exc:
+                raise _sample_error(exc, batch_ids) from None
+            t2, c2 = time.perf_counter(), time.process_time()
+            sec["align"] += t2 - t1
+            cpu["align"] += c2 - c1
+            pivot_topk = (pv["topk_ids"], pv["topk_logits"], pv["logsumexp"]) if inside == "pivot" else None
+            try:
+                res = remap_batch(groups, sv["topk_ids"], sv["topk_logits"], sv["logsumexp"], vocab_map,
+                                  pv["input_ids"], group_offsets=g_off, source_offsets=s_off, pivot_offsets=p_off,
+                                  pivot_topk=pivot_topk, k_out=k_out, inside=inside, one_to_many=one_to_many,
+                                  num_threads=threads)
+            except TokalignError as exc:
+                raise _sample_error(exc, batch_ids) from None
+            t3, c3 = time.perf_counter(), time.process_time()
+            sec["kernel"] += t3 - t2
+            cpu["kernel"] += c3 - c2
+
+            ce = remapped_token_ce_packed(res.topk_ids, res.topk_logits, res.retained_mass, res.valid,
+                                          pv["input_ids"], p_off)
+            writer.append_packed(batch_ids, np.diff(p_off), {
+                "input_ids": pv["input_ids"], "loss_mask": pv["loss_mask"], "topk_ids": res.topk_ids,
+                "topk_logits": res.topk_logits, "logsumexp": res.logsumexp, "token_ce": ce,
+                "group_kind": res.group_kind, "retained_mass": res.retained_mass,
+                "source_position": res.source_position, "remap_valid": res.valid})
+            kind_counts = np.bincount(res.group_kind, minlength=8)
+            for code, name in KIND_NAMES.items():
+                totals.kinds[name] += int(kind_counts[code])
+            for code, n in enumerate(np.bincount(path, minlength=len(ALIGN_PATHS)).tolist()):
+                totals.align_paths[ALIGN_PATHS[code]] += n
+            totals.samples += len(batch_ids)
+            totals.positions += int(p_off[-1])
+            totals.valid += int(res.valid.sum())
+            totals.retained += float(np.asarray(res.retained_mass, np.float64)[res.valid].sum())
+            for key in ("masked", "nonfinite", "empty"):
+                setattr(totals, key, getattr(totals, key) + int(res.counts[key]))
+            sec["write"] += time.perf_counter() - t3
+            cpu["write"] += time.process_time() - c3
+            if progress is not None:
+                progress(len(batch_ids))
+        t0, c0 = time.perf_counter(), time.process_time()
+        writer.flush()
+        sec["write"] += time.perf_counter() - t0
+        cpu["write"] += time.process_time() - c0
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    totals.chunks_read = {"pivot": p_gather.chunks_read, "source": s_gather.chunks_read,
+                          "pivot_reread": p_gather.chunks_reread, "source_reread": s_gather.chunks_reread}
+    sec["total"] = time.perf_counter() - t_start
+    cpu["total"] = time.process_time() - c_start
+    return totals
