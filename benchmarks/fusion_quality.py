@@ -309,8 +309,11 @@ def reading_of(results: Mapping[str, Any]) -> str:
         gains = {m: -t[m].get("delta_mean", float("nan")) for m in maps}
         helped = [m for m in maps if t[m].get("delta_mean", 0) < -2 * t[m].get("delta_std", 0) / math.sqrt(
             max(1, len(t[m].get("delta", [])))) and len(t[m].get("delta", [])) > 1]
-        parts.append("Fusion vs SFT-only: CE gain %s; clearly better than SFT (> 2 s.e.): %s." % (
-            ", ".join("%s %+.4f" % (m, g) for m, g in gains.items()), ", ".join(helped) or "none"))
+        hurt = [m for m in maps if t[m].get("delta_mean", 0) > 2 * t[m].get("delta_std", 0) / math.sqrt(
+            max(1, len(t[m].get("delta", [])))) and len(t[m].get("delta", [])) > 1]
+        parts.append("Fusion vs SFT-only: CE gain %s; clearly better than SFT (> 2 s.e.): %s; clearly worse: %s." % (
+            ", ".join("%s %+.4f" % (m, g) for m, g in gains.items()), ", ".join(helped) or "none",
+            ", ".join(hurt) or "none"))
     if v:
         if v["same_order"] and v["all_resolved"]:
             parts.append("The paper's ordering MS > MinED > EM reproduces at this scale, every step resolved.")
