@@ -16,7 +16,9 @@ EPILOG = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only=None) -> argparse.ArgumentParser:
+    """The parser; ``only`` names the one subcommand to load (``fuse`` imports transformers'
+    TrainingArguments, seconds of start-up that ``merge`` should not pay)."""
     parser = argparse.ArgumentParser(
         prog="fusion-train",
         description="Fuse (sparse-target distillation with MinCE) and merge (SCE, VaRM, TIES, ...) LLMs.",
@@ -24,12 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    register_modules(sub, SUBCOMMANDS.values())
+    register_modules(sub, [SUBCOMMANDS[only]] if only in SUBCOMMANDS else SUBCOMMANDS.values())
     return parser
 
 
 def main(argv=None) -> int:
-    return dispatch(build_parser(), argv, "fusion-train")
+    args = sys.argv[1:] if argv is None else list(argv)
+    only = args[0] if args and args[0] in SUBCOMMANDS else None
+    return dispatch(build_parser(only), argv, "fusion-train")
 
 
 if __name__ == "__main__":
