@@ -83,7 +83,7 @@ def _collate(r):
 
 
 def _merge(r):
-    return [(f"merge: {x['method']} (3 x {r.get('size_mb', '?')} MB fp32)", f"{x['ours']['seconds']:.1f} s, "
+    return [(f"merge: {x['method']} ({r['n_models']} x {r['model_mb']:.0f} MB fp32, {r['entry']} entry, {r['threads']} thread)", f"{x['ours']['seconds']:.1f} s, "
              f"{x['ours']['peak_rss_mb']:.0f} MB", f"{x['time_ratio']:.2f}x time, {x['rss_ratio']:.2f}x RSS of mergekit",
              "≤ 0.33x time, ≤ 1x RSS", x["time_ratio"] <= 1 / 3 and x["rss_ratio"] <= 1) for x in r["results"]]
 
@@ -92,11 +92,16 @@ BENCHMARKS = {
     "align": ("align_speed.py", ["--span-tokens", "500000"], [], _align),
     "vocab": ("vocab_speed.py", [], ["--rf-full"], _vocab),
     "stats": ("stats_speed.py", ["--quick", "--baseline-items", "5"], [], _stats),
-    "store": ("store_io.py", ["--tokens", "200000"], ["--tokens", "1000000"], _store),
+    "store": ("store_io.py", ["--tokens", "500000"], ["--tokens", "1000000"], _store),
     "remap": ("remap_speed.py", ["--sequences", "1024", "--positions", "500000"], [], _remap),
     "collate": ("collate_loss.py", [], [], _collate),
     "merge": ("merge_speed.py", ["--size", "150"], [], _merge),
 }
+
+
+def _command(name: str, quick: bool) -> str:
+    script, quick_args, full_args, _ = BENCHMARKS[name]
+    return "python benchmarks/%s %s" % (script, " ".join([*(quick_args if quick else full_args), "--json"]))
 
 
 def _machine() -> str:
@@ -119,13 +124,16 @@ def main(argv=None) -> int:
     if unknown:
         ap.error("unknown benchmark(s): %s" % ", ".join(unknown))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    rows, raw, commands, failures = [], {}, {}, []
+    raw, failures = {}, []
+    json_path = Path(args.out).with_suffix(".json")
+    if args.only and json_path.is_file():  # refresh some rows, keep the others from the last run
+        previous = json.loads(json_path.read_text(encoding="utf-8"))
+        raw = {k: v for k, v in previous.items() if k in BENCHMARKS}
     machine = _machine()
     for name in names:
         script, quick, full, extract = BENCHMARKS[name]
         cmd = [sys.executable, str(HERE / script), *(quick if args.quick else full), "--json"]
-        commands[name] = "python benchmarks/%s %s" % (script, " ".join(cmd[2:]))
-        print("== %s: %s" % (name, commands[name]), flush=True)
+        print("== %s: %s" % (name, _command(name, args.quick)), flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
         took = time.perf_counter() - t0
@@ -140,9 +148,10 @@ def main(argv=None) -> int:
             continue
         raw[name] = report
         for row in extract(report):
-            rows.append(row)
             print("   %s: %s; %s [%s]" % (row[0], row[1], row[2], "met" if row[4] else "NOT met"))
         print("   (%.0f s)" % took)
+    rows = [row for name in BENCHMARKS if name in raw for row in BENCHMARKS[name][3](raw[name])]
+    commands = {name: _command(name, args.quick) for name in BENCHMARKS if name in raw}
     lines = [
         "# Benchmark results",
         "",
@@ -157,8 +166,13 @@ def main(argv=None) -> int:
     lines += ["", "Commands:", ""] + ["- %s: `%s`" % (n, c) for n, c in commands.items()]
     if failures:
         lines += ["", "Failed to run: " + ", ".join(failures)]
+    quality = HERE / "results" / "fusion_quality.md"
+    if quality.is_file():  # a 35-minute run, not repeated here: linked with its own command and figures
+        lines += ["", "## Fusion quality (EM vs MinED vs MS)", "",
+                  "`python benchmarks/fusion_quality.py` (default configuration, ~35 min on 2 cores; `--quick` ~7 min):",
+                  "full table, diagnostics and an honest reading in [results/fusion_quality.md](results/fusion_quality.md)."]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (Path(args.out).with_suffix(".json")).write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     print("wrote %s" % args.out)
     return 1 if failures else 0
 

@@ -32,16 +32,12 @@ sys.path.insert(0, str(REPO))
 
 
 def load(name: str, tokenizer_dir: Path):
-    """The project's loader when present, else the test adapter over tokenizer.json."""
-    try:
-        import tokalign
+    """A tokenizer by shared directory name (``openchat-3.5``) or alias (``openchat``)."""
+    import tokalign
 
-        return tokalign.load_tokenizer(name, tokenizer_dir=str(tokenizer_dir)), "tokalign.load_tokenizer"
-    except (ImportError, AttributeError, NotImplementedError):
-        sys.path.insert(0, str(REPO / "tests"))
-        from vocab_tokenizer_adapter import AdapterTokenizer
-
-        return AdapterTokenizer(tokenizer_dir / name, name=name), "tests/vocab_tokenizer_adapter.py"
+    path = tokenizer_dir / name
+    tok = tokalign.load_tokenizer(str(path) if path.is_dir() else name, tokenizer_dir=str(tokenizer_dir))
+    return tok, "tokalign.load_tokenizer"
 
 
 def main(argv=None) -> int:
