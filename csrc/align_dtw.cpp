@@ -24,62 +24,26 @@
 
 #include "tokalign/align.h"
 #include "tokalign/dtw.h"
+#include "tokalign/dtw_band.h"
 #include "tokalign/dtw_costs.h"
 
 namespace tokalign {
 namespace {
 
-struct Band {
-    std::vector<int64_t> lo, hi, off;  // per row [lo, hi), off = first cell index of the row
-    int64_t cells = 0;       // move slots incl. row padding
-    int64_t band_cells = 0;  // cells inside the band
+// The shared band rows (tokalign/dtw_band.h) plus the layout of the 2-bit move array.
+struct Band : BandRows {
+    std::vector<int64_t> off;  // first move slot of each row
+    int64_t cells = 0;         // move slots incl. row padding
 };
 
-void finish_band(Band& b, int64_t n, int64_t m) {
-    b.lo[0] = 0;
-    b.hi[n - 1] = m;
-    for (int64_t i = 0; i < n; ++i) {
-        if (b.lo[i] > m - 1) b.lo[i] = m - 1;
-        if (i > 0) {
-            b.lo[i] = std::max(b.lo[i], b.lo[i - 1]);
-            b.hi[i] = std::max(b.hi[i], b.hi[i - 1]);
-            b.lo[i] = std::min(b.lo[i], b.hi[i - 1]);  // rows touch: every band cell is reachable
-        }
-        if (b.hi[i] <= b.lo[i]) b.hi[i] = b.lo[i] + 1;
-    }
+Band with_moves(BandRows rows, int64_t n) {
+    Band b;
+    static_cast<BandRows&>(b) = std::move(rows);
     b.off.resize(n + 1);
     b.off[0] = 0;
     // Rows start on a byte of the 2-bit move array, so a row's moves are written 4 per store.
     for (int64_t i = 0; i < n; ++i) b.off[i + 1] = b.off[i] + ((b.hi[i] - b.lo[i] + 3) & ~int64_t(3));
     b.cells = b.off[n];
-    b.band_cells = 0;
-    for (int64_t i = 0; i < n; ++i) b.band_cells += b.hi[i] - b.lo[i];
-}
-
-Band full_band(int64_t n, int64_t m) {
-    Band b;
-    b.lo.assign(n, 0);
-    b.hi.assign(n, m);
-    finish_band(b, n, m);
-    return b;
-}
-
-// Row i keeps the source tokens whose (rescaled) cumulative-weight interval overlaps the pivot
-// token's interval widened by `radius` on both sides.
-Band weight_band(const std::vector<double>& pc, const std::vector<double>& sc, int64_t n, int64_t m, double radius) {
-    Band b;
-    b.lo.resize(n);
-    b.hi.resize(n);
-    int64_t lo = 0, hi = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        const double a = pc[i] - radius, z = pc[i + 1] + radius;
-        while (lo < m && sc[lo + 1] <= a) ++lo;
-        if (hi < lo) hi = lo;
-        while (hi < m && sc[hi] < z) ++hi;
-        b.lo[i] = lo;
-        b.hi[i] = hi;
-    }
-    finish_band(b, n, m);
     return b;
 }
 
@@ -352,26 +316,17 @@ void dtw_impl(DtwPairCosts& costs, const TokenTable& tp, const int32_t* ip, int6
               const int32_t* is, int64_t m, int64_t band, int64_t max_cells, AlignResult& out) {
     const double total = static_cast<double>(n) * static_cast<double>(m);
     if (band >= 0) {
-        // Cumulative weights, source rescaled to the pivot's total.
-        std::vector<double> pc(n + 1, 0.0), sc(m + 1, 0.0);
-        for (int64_t i = 0; i < n; ++i) pc[i + 1] = pc[i] + static_cast<double>(tp.weight(ip[i]));
-        for (int64_t j = 0; j < m; ++j) sc[j + 1] = sc[j] + static_cast<double>(ts.weight(is[j]));
-        if (pc[n] <= 0 || sc[m] <= 0) {  // nothing to go by: token positions
-            for (int64_t i = 0; i <= n; ++i) pc[i] = static_cast<double>(i);
-            for (int64_t j = 0; j <= m; ++j) sc[j] = static_cast<double>(j);
-        }
-        const double scale = pc[n] / sc[m];
-        for (auto& x : sc) x *= scale;
-        const double per_token = pc[n] / static_cast<double>(n);
-        // Auto: 64 weight units (~ bytes of text), at least 8 pivot tokens' worth.
-        double radius = band > 0 ? static_cast<double>(band) : std::max(64.0, 8.0 * per_token);
+        std::vector<double> pc, sc;
+        double radius = band_inputs(
+            n, m, [&](int64_t i) { return tp.weight(ip[i]); }, [&](int64_t j) { return ts.weight(is[j]); }, band, pc,
+            sc);
         // The pruned pass touches most distinct token pairs: fill the cost table up front (SIMD)
         // unless it is large compared to the matrix.
         if (static_cast<double>(costs.entries()) <= 0.125 * total) costs.fill_all();
         Candidate cand;
         bool have = false;
         for (;;) {
-            Band b = weight_band(pc, sc, n, m, radius);
+            Band b = with_moves(weight_band(pc, sc, n, m, radius), n);
             if (static_cast<double>(b.band_cells) >= 0.5 * total) break;  // cheaper to do it all
             have = run_band<V, kTie>(costs, n, m, b, false, cand);
             if (have) break;
@@ -399,7 +354,7 @@ void dtw_impl(DtwPairCosts& costs, const TokenTable& tp, const int32_t* ip, int6
         throw std::invalid_argument("dtw: full matrix of " + std::to_string(n) + " x " + std::to_string(m) +
                                     " cells is too large; use band='auto' or span alignment");
     if (static_cast<double>(costs.entries()) <= 0.5 * total) costs.fill_all();
-    Band b = full_band(n, m);
+    Band b = with_moves(full_band(n, m), n);
     Candidate cand;
     run_band<V, kTie>(costs, n, m, b, true, cand);
     out.cost = cand.cost;

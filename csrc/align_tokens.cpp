@@ -2,34 +2,9 @@
 #include <stdexcept>
 
 #include "tokalign/align.h"
+#include "tokalign/dtw_band.h"
 
 namespace tokalign {
-namespace {
-
-constexpr uint32_t kSpMarker = 0x2581;  // '▁' SentencePiece word boundary
-constexpr uint32_t kBpeMarker = 0x0120; // 'Ġ' byte-level BPE space
-
-bool is_hex(uint32_t c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-
-// Approximate UTF-8 byte length of the text a token stands for, so that cumulative weights of
-// two tokenizations of one text advance alike: SentencePiece byte tokens <0xNN> are one byte,
-// markers and the byte-level BPE alphabet (<= U+0143) one byte per code point, other code
-// points their UTF-8 length.
-int64_t band_weight(const uint32_t* c, int64_t len) {
-    if (len == 6 && c[0] == '<' && c[1] == '0' && c[2] == 'x' && is_hex(c[3]) && is_hex(c[4]) && c[5] == '>')
-        return 1;
-    int64_t w = 0;
-    for (int64_t k = 0; k < len; ++k) {
-        const uint32_t x = c[k];
-        if (x == kSpMarker || x < 0x144) w += 1;
-        else if (x < 0x800) w += 2;
-        else if (x < 0x10000) w += 3;
-        else w += 4;
-    }
-    return w;
-}
-
-}  // namespace
 
 void TokenTable::add(const uint32_t* cps, int64_t len) {
     if (len > (int64_t(1) << 30)) throw std::invalid_argument("token longer than 2^30 code points");

@@ -223,24 +223,9 @@ MinedResult mined(const std::vector<std::string>& pivot, const std::vector<uint8
 
 // ---- DTW ------------------------------------------------------------------------------------
 
-constexpr uint32_t kSpMarker = 0x2581;
-constexpr uint32_t kBpeMarker = 0x0120;
-
-bool is_hex(uint32_t c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-
-// Same approximation as TokenTable (csrc/align_tokens.cpp) when no weights are given.
-int64_t band_weight(const uint32_t* c, int64_t len) {
-    if (len == 6 && c[0] == '<' && c[1] == '0' && c[2] == 'x' && is_hex(c[3]) && is_hex(c[4]) && c[5] == '>') return 1;
-    int64_t w = 0;
-    for (int64_t k = 0; k < len; ++k) {
-        const uint32_t x = c[k];
-        if (x == kSpMarker || x < 0x144) w += 1;
-        else if (x < 0x800) w += 2;
-        else if (x < 0x10000) w += 3;
-        else w += 4;
-    }
-    return w;
-}
+using tokalign::band_weight;  // the CPU TokenTable's weights (tokalign/dtw_band.h)
+using tokalign::kBpeMarker;
+using tokalign::kSpMarker;
 
 // A vocabulary's code-point strings (raw and marker-stripped) and band weights, with a device
 // copy made on first use and kept until the object is destroyed.
