@@ -1,5 +1,7 @@
 // Span alignment from character offsets, and the text diff used when two texts differ.
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -107,6 +109,68 @@ AlignResult span_align(const int64_t* po, int64_t n, const int64_t* so, int64_t 
     return out;
 }
 
+namespace {
+
+// A lower bound on the insert/delete edit distance of two texts: every insertion or deletion changes
+// one character count by one, so D >= sum_c |count_a(c) - count_b(c)|. Characters are hashed into
+// 1024 buckets (merging counts never increases the sum, so the bound stays valid for any code point).
+int64_t edit_lower_bound(const uint32_t* a, int64_t na, const uint32_t* b, int64_t nb) {
+    if (na + nb < 64) return std::abs(na - nb);  // too short to pay for the histogram
+    std::vector<int64_t> diff(1024, 0);
+    for (int64_t i = 0; i < na; ++i) ++diff[a[i] & 1023u];
+    for (int64_t i = 0; i < nb; ++i) --diff[b[i] & 1023u];
+    int64_t bound = 0;
+    for (const int64_t d : diff) bound += d < 0 ? -d : d;
+    return bound;
+}
+
+// Myers O(ND) diff of the middles A [N] and B [M] with at most cap edits; appends the matching blocks
+// (x, y, len), last first, to `mid` (nothing when more than cap edits are needed). T holds trace entries.
+template <typename T>
+void myers_middle(const uint32_t* A, int64_t N, const uint32_t* B, int64_t M, int64_t cap, std::vector<int64_t>& mid) {
+    const int64_t off = cap + 1;
+    std::vector<int64_t> V(static_cast<size_t>(2 * cap + 3), 0);
+    std::vector<T> trace;             // V[-d..d] after step d, concatenated
+    std::vector<int64_t> trace_off;   // start of step d in trace
+    // D >= |N - M|: reserve the trace of that many steps at once instead of growing it by copies
+    const int64_t d_min = std::min<int64_t>(cap, std::abs(N - M));
+    trace.reserve(static_cast<size_t>((d_min + 1) * (d_min + 1) + 64));
+    trace_off.reserve(static_cast<size_t>(d_min + 2));
+    int64_t D = -1;
+    for (int64_t d = 0; d <= cap && D < 0; ++d) {
+        for (int64_t k = -d; k <= d; k += 2) {
+            int64_t x = (k == -d || (k != d && V[off + k - 1] < V[off + k + 1])) ? V[off + k + 1] : V[off + k - 1] + 1;
+            int64_t y = x - k;
+            while (x < N && y < M && A[x] == B[y]) { ++x; ++y; }
+            V[off + k] = x;
+            if (x >= N && y >= M) D = d;
+        }
+        trace_off.push_back(static_cast<int64_t>(trace.size()));
+        trace.insert(trace.end(), V.begin() + (off - d), V.begin() + (off + d + 1));
+    }
+    if (D < 0) return;
+    int64_t x = N, y = M;
+    for (int64_t d = D; d >= 0; --d) {
+        const int64_t k = x - y;
+        int64_t mx = 0, my = 0, px = 0, py = 0;
+        if (d > 0) {
+            const T* Vp = trace.data() + trace_off[d - 1] + (d - 1);  // Vp[k] for k in [-(d-1), d-1]
+            const bool down = k == -d || (k != d && Vp[k - 1] < Vp[k + 1]);
+            const int64_t pk = down ? k + 1 : k - 1;
+            px = Vp[pk];
+            py = px - pk;
+            mx = down ? px : px + 1;
+            my = down ? py + 1 : py;
+        }
+        const int64_t len = std::min(x - mx, y - my);
+        if (len > 0) mid.insert(mid.end(), {x - len, y - len, len});
+        x = px;
+        y = py;
+    }
+}
+
+}  // namespace
+
 std::vector<int64_t> text_blocks(const uint32_t* a, int64_t na, const uint32_t* b, int64_t nb, int64_t max_d) {
     std::vector<int64_t> blocks;
     int64_t pre = 0;
@@ -118,44 +182,16 @@ std::vector<int64_t> text_blocks(const uint32_t* a, int64_t na, const uint32_t* 
     const uint32_t* B = b + pre;
     const int64_t N = na - pre - suf, M = nb - pre - suf;
     std::vector<int64_t> mid;  // reversed (x, y, len) in middle coordinates
-    if (N > 0 && M > 0) {
-        const int64_t cap = std::min<int64_t>(N + M, std::max<int64_t>(max_d, 0));
-        const int64_t off = cap + 1;
-        std::vector<int64_t> V(static_cast<size_t>(2 * cap + 3), 0);
-        std::vector<int64_t> trace;       // V[-d..d] after step d, concatenated
-        std::vector<int64_t> trace_off;   // start of step d in trace
-        int64_t D = -1;
-        for (int64_t d = 0; d <= cap && D < 0; ++d) {
-            for (int64_t k = -d; k <= d; k += 2) {
-                int64_t x = (k == -d || (k != d && V[off + k - 1] < V[off + k + 1])) ? V[off + k + 1] : V[off + k - 1] + 1;
-                int64_t y = x - k;
-                while (x < N && y < M && A[x] == B[y]) { ++x; ++y; }
-                V[off + k] = x;
-                if (x >= N && y >= M) D = d;
-            }
-            trace_off.push_back(static_cast<int64_t>(trace.size()));
-            trace.insert(trace.end(), V.begin() + (off - d), V.begin() + (off + d + 1));
-        }
-        if (D >= 0) {
-            int64_t x = N, y = M;
-            for (int64_t d = D; d >= 0; --d) {
-                const int64_t k = x - y;
-                int64_t mx = 0, my = 0, px = 0, py = 0;
-                if (d > 0) {
-                    const int64_t* Vp = trace.data() + trace_off[d - 1] + (d - 1);  // Vp[k] for k in [-(d-1), d-1]
-                    const bool down = k == -d || (k != d && Vp[k - 1] < Vp[k + 1]);
-                    const int64_t pk = down ? k + 1 : k - 1;
-                    px = Vp[pk];
-                    py = px - pk;
-                    mx = down ? px : px + 1;
-                    my = down ? py + 1 : py;
-                }
-                const int64_t len = std::min(x - mx, y - my);
-                if (len > 0) mid.insert(mid.end(), {x - len, y - len, len});
-                x = px;
-                y = py;
-            }
-        }
+    const int64_t cap0 = std::min<int64_t>(N + M, std::max<int64_t>(max_d, 0));
+    if (N > 0 && M > 0 && edit_lower_bound(A, N, B, M) > cap0) {
+        // the diff below would run all cap0 + 1 steps without reaching the end (O(cap0^2) time and
+        // trace memory) and report no middle blocks: the same result, at once
+    } else if (N > 0 && M > 0) {
+        // trace entries are positions in A: 32 bits halve the O(D^2) trace memory of long diffs
+        if (N < INT32_MAX && M < INT32_MAX)
+            myers_middle<int32_t>(A, N, B, M, cap0, mid);
+        else
+            myers_middle<int64_t>(A, N, B, M, cap0, mid);
     }
     for (int64_t q = static_cast<int64_t>(mid.size()) / 3 - 1; q >= 0; --q) {
         const int64_t x = mid[3 * q] + pre, y = mid[3 * q + 1] + pre, len = mid[3 * q + 2];

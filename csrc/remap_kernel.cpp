@@ -30,14 +30,39 @@ inline bool better(const Cand& a, const Cand& b) { return a.p > b.p || (a.p == b
 
 enum Status { ST_OK = 0, ST_NONFINITE = 1, ST_BAD_ID = 2 };
 
+// One map row in 8 bytes: its only entry (pivot id, weight), or pivot = kRowEmpty / kRowMany. Most rows of
+// real maps hold at most one entry, and a top-k id is a random access into the map: one cache line here
+// instead of three (indptr, indices, data).
+struct MapRow {
+    int32_t pivot;
+    float weight;
+};
+constexpr int32_t kRowEmpty = -1;
+constexpr int32_t kRowMany = -2;
+
+std::vector<MapRow> compact_rows(const Inputs& in) {
+    std::vector<MapRow> rows(static_cast<size_t>(in.source_vocab));
+    for (int64_t v = 0; v < in.source_vocab; ++v) {
+        const int64_t e0 = in.map_indptr[v], e1 = in.map_indptr[v + 1];
+        if (e1 == e0)
+            rows[v] = {kRowEmpty, 0.0f};
+        else if (e1 == e0 + 1)
+            rows[v] = {in.map_indices[e0], in.map_data[e0]};
+        else
+            rows[v] = {kRowMany, 0.0f};
+    }
+    return rows;
+}
+
 // Thread-local state for one position at a time.
 struct Worker {
     const Inputs& in;
     const Options& opt;
     Outputs& out;
+    const MapRow* rows;
     std::vector<Cand> cand, merged;
 
-    Worker(const Inputs& i, const Options& o, Outputs& u) : in(i), opt(o), out(u) {}
+    Worker(const Inputs& i, const Options& o, Outputs& u, const MapRow* r) : in(i), opt(o), out(u), rows(r) {}
 
     // Adds weight * p_k * M[id_k, :] for one source row. Returns the mapped mass sum_k p_k * |M[id_k]|_1
     // through `mapped` (used for the "weighted" policy).
@@ -54,8 +79,17 @@ struct Worker {
             const float l = lg[k];
             if (std::isnan(l) || l == std::numeric_limits<float>::infinity()) nonfinite = true;
             if (nonfinite || l == -std::numeric_limits<float>::infinity()) continue;  // probability 0
+            const MapRow row1 = rows[id];
+            if (row1.pivot == kRowEmpty) continue;  // unmapped: its mass is lost (skip the exp)
+            if (row1.pivot != kRowMany) {  // the CSR loop below for a single entry
+                const double w = row1.weight;
+                if (w <= 0.0) continue;
+                const double p = std::exp(static_cast<double>(l) - lse);
+                m += p * w;
+                if (weight > 0.0) cand.push_back({row1.pivot, weight * p * w});
+                continue;
+            }
             const int64_t e0 = in.map_indptr[id], e1 = in.map_indptr[id + 1];
-            if (e0 == e1) continue;  // unmapped: its mass is lost (skip the exp)
             const double p = std::exp(static_cast<double>(l) - lse);
             for (int64_t e = e0; e < e1; ++e) {
                 const double w = in.map_data[e];
@@ -222,12 +256,13 @@ std::string run(const Inputs& in, const Options& opt, Outputs& out, Counts& coun
     for (int64_t seq = 0; seq < S; ++seq)
         for (int64_t g = in.group_offsets[seq]; g < in.group_offsets[seq + 1]; ++g) group_seq[g] = seq;
 
+    const std::vector<MapRow> map_rows = compact_rows(in);
     int64_t n_masked = 0, n_nonfinite = 0, n_empty = 0;
     int64_t bad_row = std::numeric_limits<int64_t>::max();
     bool bad_is_pivot = false;
 #pragma omp parallel num_threads(n_threads) reduction(+ : n_masked, n_nonfinite, n_empty)
     {
-        Worker w(in, opt, out);
+        Worker w(in, opt, out, map_rows.data());
         std::vector<double> mass;
 #pragma omp for schedule(dynamic, 256)
         for (int64_t g = 0; g < in.n_groups; ++g) {

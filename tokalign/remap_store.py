@@ -16,12 +16,18 @@ Per batch of about ``batch_tokens`` pivot positions:
 3. **remap** with the C++ kernel (:func:`tokalign.remap.remap_batch`);
 4. **write** one packed append (``StoreWriter.append_packed``), ``token_ce`` computed vectorised.
 
-A background thread reads batch i + 1 while batch i is aligned, remapped and written. The results are
-identical to aligning and remapping each sample on its own (tests/test_remap_store.py).
+Three threads overlap the stages: a reader thread reads batch i + 1 and a writer thread computes
+``token_ce`` and appends batch i - 1 (in order, through a bounded queue; its errors are raised in the
+caller) while the calling thread aligns and remaps batch i (the C++ stages release the GIL, and so does the
+store's compression). The writer commits as it does when called directly, so an interrupted run resumes
+the same way. The results are identical to aligning and remapping each sample on its own
+(tests/test_remap_store.py).
 """
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -266,13 +272,17 @@ class RemapTotals:
     retained: float = 0.0
     kinds: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KIND_NAMES.values(), 0))
     align_paths: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(ALIGN_PATHS, 0))
-    #: wall seconds per stage; "read" runs in the prefetch thread (overlapping the others), "wait_read" is
-    #: the main thread waiting for it
+    #: wall seconds per stage. With ``prefetch`` "read" runs in the reader thread and "write" (``token_ce`` +
+    #: ``append_packed`` + the final flush) in the writer thread, overlapping "align" and "kernel";
+    #: "wait_read" / "wait_write" are the calling thread waiting for them
     seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("read", "wait_read", "align", "kernel", "write", "total"), 0.0))
-    #: process CPU seconds (all threads) during each main-thread stage; exact per stage without prefetch
+        ("read", "wait_read", "align", "kernel", "write", "wait_write", "total"), 0.0))
+    #: process CPU seconds (all threads) during each stage and in all ("total"). Without ``prefetch`` every
+    #: stage runs alone, so the figures are exact per stage; with it the background stages overlap the
+    #: others: "read" and "write" stay 0 (the store's codecs run in threads of their own, so no single
+    #: thread's clock measures them) and "align" / "kernel" include what the background threads did meanwhile.
     cpu_seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("wait_read", "align", "kernel", "write", "total"), 0.0))
+        ("read", "align", "kernel", "write", "total"), 0.0))
     chunks_read: Dict[str, int] = field(default_factory=dict)
 
     @property
@@ -307,6 +317,48 @@ def _sample_error(exc: TokalignError, ids: Sequence[str]) -> TokalignError:
     return TokalignError(msg)
 
 
+class _WriteBehind:
+    """Runs ``write(item)`` for queued items in order in one background thread.
+
+    ``put`` blocks while ``depth`` items wait (bounded memory). The first exception of ``write`` stops the
+    writing (later items are dropped) and is raised by the next ``put`` or by ``close``.
+    """
+
+    _DONE = object()
+
+    def __init__(self, write: Callable[[Any], None], depth: int = 2):
+        self._write = write
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(depth)))
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="remap-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if self._error is None:
+                try:
+                    self._write(item)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: Any) -> None:
+        self._raise()
+        self._queue.put(item)  # never blocks for ever: the thread keeps draining after an error
+
+    def close(self) -> None:
+        """Waits for the queued items; raises the writing error if there was one."""
+        self._queue.put(self._DONE)
+        self._thread.join()
+        self._raise()
+
+
 def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, sample_ids: Sequence[str],
                  pivot_bytes: TokenBytes, source_bytes: TokenBytes, *, k_out: int = 10, inside: str = "onehot",
                  one_to_many: str = "last", threads: int = 0, batch_tokens: int = BATCH_TOKENS,
@@ -317,7 +369,9 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
     ``pivot`` / ``source``: :class:`tokalign.store.StoreReader`; ``vocab_map``: a prepared (source x pivot)
     map; ``writer``: a :class:`tokalign.store.StoreWriter` of kind "remapped" with the extras ``group_kind``,
     ``retained_mass``, ``source_position``, ``remap_valid`` (the caller closes it); ``pivot_bytes`` /
-    ``source_bytes``: the two tokenizers' token bytes. ``progress(n)`` is called with the samples done per batch.
+    ``source_bytes``: the two tokenizers' token bytes. ``prefetch``: read ahead and write behind in two
+    background threads (False: every stage in the calling thread, one after the other). ``progress(n)`` is
+    called with the samples done per batch (when the batch is remapped; the writer may still be behind).
     """
     t_start, c_start = time.perf_counter(), time.process_time()
     totals = RemapTotals()
@@ -332,21 +386,41 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
     s_gather = ChunkGather(source, SOURCE_FIELDS, [s_idx[b] for b in batches], cache_bytes)
     sec, cpu = totals.seconds, totals.cpu_seconds
 
+    def clock() -> float:  # process CPU, only meaningful per stage when the stages do not overlap
+        return 0.0 if prefetch else time.process_time()
+
     def read(b: int):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), clock()
         out = p_gather.gather(b), s_gather.gather(b)
         sec["read"] += time.perf_counter() - t0
+        cpu["read"] += clock() - c0
         return out
 
+    def write(item) -> None:
+        t0, c0 = time.perf_counter(), clock()
+        if item is None:
+            writer.flush()
+        else:
+            batch_ids, pv, p_off, res = item
+            ce = remapped_token_ce_packed(res.topk_ids, res.topk_logits, res.retained_mass, res.valid,
+                                          pv["input_ids"], p_off)
+            writer.append_packed(batch_ids, np.diff(p_off), {
+                "input_ids": pv["input_ids"], "loss_mask": pv["loss_mask"], "topk_ids": res.topk_ids,
+                "topk_logits": res.topk_logits, "logsumexp": res.logsumexp, "token_ce": ce,
+                "group_kind": res.group_kind, "retained_mass": res.retained_mass,
+                "source_position": res.source_position, "remap_valid": res.valid})
+        sec["write"] += time.perf_counter() - t0
+        cpu["write"] += clock() - c0
+
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remap-read") if prefetch else None
+    behind = _WriteBehind(write) if prefetch else None
     try:
         pending = pool.submit(read, 0) if pool else None
         for b, rows in enumerate(batches):
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0 = time.perf_counter()
             (pv, p_off), (sv, s_off) = pending.result() if pool else read(b)
             t1, c1 = time.perf_counter(), time.process_time()
             sec["wait_read"] += t1 - t0
-            cpu["wait_read"] += c1 - c0
             if pool and b + 1 < len(batches):
                 pending = pool.submit(read, b + 1)
             batch_ids = [ids[i] for i in rows.tolist()]
@@ -371,37 +445,47 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
             sec["kernel"] += t3 - t2
             cpu["kernel"] += c3 - c2
 
-            ce = remapped_token_ce_packed(res.topk_ids, res.topk_logits, res.retained_mass, res.valid,
-                                          pv["input_ids"], p_off)
-            writer.append_packed(batch_ids, np.diff(p_off), {
-                "input_ids": pv["input_ids"], "loss_mask": pv["loss_mask"], "topk_ids": res.topk_ids,
-                "topk_logits": res.topk_logits, "logsumexp": res.logsumexp, "token_ce": ce,
-                "group_kind": res.group_kind, "retained_mass": res.retained_mass,
-                "source_position": res.source_position, "remap_valid": res.valid})
-            kind_counts = np.bincount(res.group_kind, minlength=8)
-            for code, name in KIND_NAMES.items():
-                totals.kinds[name] += int(kind_counts[code])
-            for code, n in enumerate(np.bincount(path, minlength=len(ALIGN_PATHS)).tolist()):
-                totals.align_paths[ALIGN_PATHS[code]] += n
-            totals.samples += len(batch_ids)
-            totals.positions += int(p_off[-1])
-            totals.valid += int(res.valid.sum())
-            totals.retained += float(np.asarray(res.retained_mass, np.float64)[res.valid].sum())
-            for key in ("masked", "nonfinite", "empty"):
-                setattr(totals, key, getattr(totals, key) + int(res.counts[key]))
-            sec["write"] += time.perf_counter() - t3
-            cpu["write"] += time.process_time() - c3
+            if behind:
+                behind.put((batch_ids, pv, p_off, res))
+                sec["wait_write"] += time.perf_counter() - t3
+            else:
+                write((batch_ids, pv, p_off, res))
+            _count(totals, res, path, len(batch_ids), int(p_off[-1]))
             if progress is not None:
                 progress(len(batch_ids))
-        t0, c0 = time.perf_counter(), time.process_time()
-        writer.flush()
-        sec["write"] += time.perf_counter() - t0
-        cpu["write"] += time.process_time() - c0
+        if behind:
+            t0 = time.perf_counter()
+            behind.put(None)  # the flush, after every append
+            behind, closing = None, behind
+            closing.close()
+            sec["wait_write"] += time.perf_counter() - t0
+        else:
+            write(None)
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
+        if behind:  # an error in the calling thread: let the writer finish what it has (it commits as usual)
+            try:
+                behind.close()
+            except BaseException:  # noqa: BLE001 - the calling thread's error is the one to report
+                pass
     totals.chunks_read = {"pivot": p_gather.chunks_read, "source": s_gather.chunks_read,
                           "pivot_reread": p_gather.chunks_reread, "source_reread": s_gather.chunks_reread}
     sec["total"] = time.perf_counter() - t_start
     cpu["total"] = time.process_time() - c_start
     return totals
+
+
+def _count(totals: RemapTotals, res: Any, path: np.ndarray, n_samples: int, n_positions: int) -> None:
+    """Adds one batch's counts (vectorised: a few passes over the batch's arrays)."""
+    kind_counts = np.bincount(res.group_kind, minlength=8).tolist()
+    for code, name in KIND_NAMES.items():
+        totals.kinds[name] += kind_counts[code]
+    for code, n in enumerate(np.bincount(path, minlength=len(ALIGN_PATHS)).tolist()):
+        totals.align_paths[ALIGN_PATHS[code]] += n
+    totals.samples += n_samples
+    totals.positions += n_positions
+    totals.valid += int(np.count_nonzero(res.valid))
+    totals.retained += float(np.asarray(res.retained_mass, np.float64)[res.valid].sum())
+    for key in ("masked", "nonfinite", "empty"):
+        setattr(totals, key, getattr(totals, key) + int(res.counts[key]))
