@@ -161,11 +161,15 @@ py::tuple remap_align_batch(Arr<uint8_t> pivot_bytes, Arr<int64_t> pivot_byte_of
                                  out);
     }
     if (!err.empty()) throw std::invalid_argument(err);
-    const py::ssize_t G = static_cast<py::ssize_t>(out.groups.size() / 4);
+    const py::ssize_t G = static_cast<py::ssize_t>(out.group_offsets.back());
     py::array_t<int64_t> groups({G, py::ssize_t(4)});
     py::array_t<int64_t> goff(static_cast<py::ssize_t>(out.group_offsets.size()));
     py::array_t<uint8_t> path(static_cast<py::ssize_t>(out.path.size()));
-    if (!out.groups.empty()) std::memcpy(groups.mutable_data(), out.groups.data(), out.groups.size() * sizeof(int64_t));
+    {
+        int64_t* dst = groups.mutable_data();
+        py::gil_scoped_release release;
+        out.copy_groups(dst);
+    }
     std::memcpy(goff.mutable_data(), out.group_offsets.data(), out.group_offsets.size() * sizeof(int64_t));
     if (!out.path.empty()) std::memcpy(path.mutable_data(), out.path.data(), out.path.size());
     return py::make_tuple(groups, goff, path);

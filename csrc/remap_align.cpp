@@ -21,17 +21,23 @@ namespace {
 // Text (bytes) and [start, end) byte offsets of one id sequence (cli/remap.py: token_byte_offsets).
 void spell(const TokenBytes& tb, const int32_t* ids, int64_t n, const char* side, std::vector<uint8_t>& text,
            std::vector<int64_t>& offsets) {
-    text.clear();
     offsets.resize(static_cast<size_t>(2 * n));
+    int64_t at = 0;  // pass 1: check the ids, offsets
     for (int64_t t = 0; t < n; ++t) {
         const int32_t id = ids[t];
         if (id < 0 || id >= tb.size)
             throw std::invalid_argument(std::string(side) + " token id " + std::to_string(id) + " at position " +
                                         std::to_string(t) + " is outside the tokenizer (" + std::to_string(tb.size) +
                                         " tokens)");
-        offsets[2 * t] = static_cast<int64_t>(text.size());
-        text.insert(text.end(), tb.data + tb.offsets[id], tb.data + tb.offsets[id + 1]);
-        offsets[2 * t + 1] = static_cast<int64_t>(text.size());
+        offsets[2 * t] = at;
+        at += tb.offsets[id + 1] - tb.offsets[id];
+        offsets[2 * t + 1] = at;
+    }
+    text.resize(static_cast<size_t>(at));  // pass 2: the bytes (tokens are short: a plain loop beats memcpy calls)
+    uint8_t* out = text.data();
+    for (int64_t t = 0; t < n; ++t) {
+        const uint8_t* src = tb.data + tb.offsets[ids[t]];
+        for (int64_t c = offsets[2 * t], e = offsets[2 * t + 1]; c < e; ++c) out[c] = *src++;
     }
 }
 
@@ -179,7 +185,8 @@ std::string align_batch(const TokenBytes& pivot_bytes, const int32_t* pivot_ids,
 #else
     (void)num_threads;
 #endif
-    std::vector<OutVec<int64_t>> groups(static_cast<size_t>(n_seq));
+    std::vector<OutVec<int64_t>>& groups = out.groups;
+    groups.assign(static_cast<size_t>(n_seq), OutVec<int64_t>());
     out.path.assign(static_cast<size_t>(n_seq), ALIGN_EMPTY);
     int64_t first_bad = n_seq;
     std::string message;
@@ -203,18 +210,14 @@ std::string align_batch(const TokenBytes& pivot_bytes, const int32_t* pivot_ids,
     }
     if (first_bad < n_seq) return message;
     out.group_offsets.assign(static_cast<size_t>(n_seq + 1), 0);
-    size_t total = 0;
-    for (int64_t k = 0; k < n_seq; ++k) {
-        total += groups[k].size();
-        out.group_offsets[k + 1] = static_cast<int64_t>(total / 4);
-    }
-    out.groups.resize(total);
-    size_t at = 0;
-    for (int64_t k = 0; k < n_seq; ++k) {
-        if (!groups[k].empty()) std::memcpy(out.groups.data() + at, groups[k].data(), groups[k].size() * sizeof(int64_t));
-        at += groups[k].size();
-    }
+    for (int64_t k = 0; k < n_seq; ++k)
+        out.group_offsets[k + 1] = out.group_offsets[k] + static_cast<int64_t>(groups[k].size() / 4);
     return "";
+}
+
+void AlignBatchOutput::copy_groups(int64_t* dst) const {
+    for (size_t k = 0; k < groups.size(); ++k)
+        if (!groups[k].empty()) std::memcpy(dst + 4 * group_offsets[k], groups[k].data(), groups[k].size() * sizeof(int64_t));
 }
 
 }  // namespace remap

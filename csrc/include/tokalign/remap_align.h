@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "tokalign/align.h"
+
 namespace tokalign {
 namespace remap {
 
@@ -31,9 +33,12 @@ enum AlignPath : uint8_t {
 };
 
 struct AlignBatchOutput {
-    std::vector<int64_t> groups;         // [G, 4] flattened, relative to each sequence
-    std::vector<int64_t> group_offsets;  // [n_seq + 1]
-    std::vector<uint8_t> path;           // AlignPath per sequence
+    std::vector<OutVec<int64_t>> groups;       // per sequence: [G_k, 4] flattened, relative to the sequence
+    std::vector<int64_t> group_offsets;        // [n_seq + 1]
+    std::vector<uint8_t> path;                 // AlignPath per sequence
+
+    // Copies the groups of every sequence, concatenated ([group_offsets[n_seq], 4]), to dst.
+    void copy_groups(int64_t* dst) const;
 };
 
 // Aligns n_seq pairs (pivot ids pivot_ids[pivot_offsets[k] : pivot_offsets[k + 1]], same for source).
