@@ -279,3 +279,37 @@ def test_align_packed_equals_span(case):
         ts, os_ = token_byte_offsets(vocab_s, np.array(s, np.int64))
         want = span(op, os_, pivot_text=tp, source_text=ts, max_diff=6).groups
         np.testing.assert_array_equal(groups[g_off[k]:g_off[k + 1]], np.asarray(want).reshape(-1, 4))
+
+
+class _FailingWriter:
+    """A StoreWriter proxy whose ``fail_at``-th append raises (a full disk, say)."""
+
+    def __init__(self, inner, fail_at):
+        self.inner, self.fail_at, self.appended = inner, fail_at, 0
+
+    def append_packed(self, ids, lengths, arrays):
+        if self.appended == self.fail_at:
+            raise TokalignError("disk full (test)")
+        self.appended += 1
+        return self.inner.append_packed(ids, lengths, arrays)
+
+    def flush(self):
+        self.inner.flush()
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_writer_errors_reach_the_caller(world, tmp_path, prefetch):
+    """An error of the write-behind thread is raised by remap_stores; the batches before it were written in
+    order, none after it."""
+    a = open_store(str(world["dir"] / "pivot.zarr"))
+    b = open_store(str(world["dir"] / "source.zarr"))
+    inner = StoreWriter.create(str(tmp_path / "w.zarr"), _schema(a, world["pm"], 4))
+    w = _FailingWriter(inner, fail_at=2)
+    with pytest.raises(TokalignError, match="disk full"):
+        remap_stores(a, b, world["pm"], w, a.sample_ids, TokenBytes.of(world["tp"]), TokenBytes.of(world["ts"]),
+                     k_out=4, batch_tokens=300, prefetch=prefetch)
+    assert w.appended == 2
+    inner.close()
+    done = open_store(str(tmp_path / "w.zarr"))
+    batches = plan_batches(a.lengths, 300)
+    assert done.sample_ids == [a.sample_ids[i] for i in np.concatenate(batches[:2]).tolist()]
