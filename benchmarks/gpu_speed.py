@@ -4,7 +4,7 @@
    (cudaEvent, returned by the extension), the GPU call's wall time, and the CPU path
    (tokalign._core.MinEDIndex, --threads) on the same queries; the results must be identical.
 2. Batched FuseChat DTW over >= --pairs real pairs of --length pivot tokens (openchat-3.5 vs qwen2,
-   windows over the shared corpora): band cells/s of the kernel and of the CPU path
+   windows over the shared corpora): device cells/s (band pass + full-matrix check), time of the kernels vs the CPU path
    (tokalign._core.dtw_batch, --threads), and their ratio; paths and costs must be identical.
 3. tokalign.remap's torch path on CUDA (benchmarks/remap_speed.py --torch --device cuda).
 
@@ -169,7 +169,7 @@ def main() -> int:
                  m["speedup_kernel"], m["speedup_call"], m["identical"]))
     if "dtw" in report:
         d = report["dtw"]
-        print("DTW %d pairs x %d tokens: %d band cells; kernel %.3fs (%.2e cells/s), GPU call %.2fs, CPU %d threads "
+        print("DTW %d pairs x %d tokens: %d device cells (band + full-matrix check); kernel %.3fs (%.2e cells/s), GPU call %.2fs, CPU %d threads "
               "%.2fs (%.2e cells/s) -> x%.1f (kernel) / x%.1f (call); identical=%s; CPU fallback %d"
               % (d["pairs"], d["pivot_tokens_per_pair"], d["device_cells"], d["gpu_kernel_s"], d["gpu_kernel_cells_per_s"],
                  d["gpu_call_s"], d["cpu_threads"], d["cpu_s"], d["cpu_cells_per_s"], d["speedup_kernel"],
