@@ -107,7 +107,7 @@ class BenchConfig:
     lambda_sft: float = 0.9
     #: sequence CE the MinCE choice compares for the source: "fusechat" = the source model's own CE on its own
     #: tokens (FuseChat's metric_ce, from the source store), "store" = the remapped store's seq_ce (tokalign
-    #: remap: -log q(gold pivot token), or the lower bound -log(tail) when the gold token is not kept)
+    #: remap: the source's own NLL of the response carried through the alignment, over the pivot's token count)
     minCE_metric: str = "fusechat"
     top_k: int = 10
     seeds: int = 3
@@ -1026,7 +1026,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-sft", type=float, dest="lambda_sft", help="SFT weight of the fused targets (default 0.9)")
     p.add_argument("--minCE-metric", choices=("fusechat", "store"), dest="minCE_metric",
                    help="source CE compared by MinCE: fusechat (default; the source's CE on its own tokens) or "
-                        "store (the remapped store's seq_ce)")
+                        "store (the remapped store's seq_ce: the source's NLL per pivot token)")
     p.add_argument("--fusion-steps", type=int, help="training steps of every fusion target")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch / native threads (default 2)")
