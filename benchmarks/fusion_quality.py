@@ -611,8 +611,11 @@ def build_maps(bench: Bench, data_dir: Path) -> Dict[str, Path]:
 
 def remap_store(bench: Bench, method: str, map_dir: Path, pivot_store: Path, source_store: Path) -> Path:
     """``tokalign remap`` (the CLI, in process) of the source store onto the pivot with one map."""
+    from tokalign.remap_ce import CE_DEFINITION
+
+    # the CE definition is part of the key: stores remapped under an older one carry other token_ce / seq_ce
     key = {"pivot": bench.store_key("pivot"), "source": bench.store_key("source"), "map": str(map_dir.parent.name),
-           "top_k": bench.cfg.top_k}
+           "top_k": bench.cfg.top_k, "ce_definition": CE_DEFINITION}
 
     def build(out: Path) -> None:
         from tokalign.cli import main as tokalign_main
