@@ -107,7 +107,7 @@ class BenchConfig:
     lambda_sft: float = 0.9
     #: sequence CE the MinCE choice compares for the source: "fusechat" = the source model's own CE on its own
     #: tokens (FuseChat's metric_ce, from the source store), "store" = the remapped store's seq_ce (tokalign
-    #: remap: -log q(gold pivot token), or the lower bound -log(tail) when the gold token is not kept)
+    #: remap: the source's own NLL of the response carried through the alignment, over the pivot's token count)
     minCE_metric: str = "fusechat"
     top_k: int = 10
     seeds: int = 3
@@ -611,8 +611,11 @@ def build_maps(bench: Bench, data_dir: Path) -> Dict[str, Path]:
 
 def remap_store(bench: Bench, method: str, map_dir: Path, pivot_store: Path, source_store: Path) -> Path:
     """``tokalign remap`` (the CLI, in process) of the source store onto the pivot with one map."""
+    from tokalign.remap_ce import CE_DEFINITION
+
+    # the CE definition is part of the key: stores remapped under an older one carry other token_ce / seq_ce
     key = {"pivot": bench.store_key("pivot"), "source": bench.store_key("source"), "map": str(map_dir.parent.name),
-           "top_k": bench.cfg.top_k}
+           "top_k": bench.cfg.top_k, "ce_definition": CE_DEFINITION}
 
     def build(out: Path) -> None:
         from tokalign.cli import main as tokalign_main
@@ -1026,7 +1029,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-sft", type=float, dest="lambda_sft", help="SFT weight of the fused targets (default 0.9)")
     p.add_argument("--minCE-metric", choices=("fusechat", "store"), dest="minCE_metric",
                    help="source CE compared by MinCE: fusechat (default; the source's CE on its own tokens) or "
-                        "store (the remapped store's seq_ce)")
+                        "store (the remapped store's seq_ce: the source's NLL per pivot token)")
     p.add_argument("--fusion-steps", type=int, help="training steps of every fusion target")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch / native threads (default 2)")

@@ -11,6 +11,7 @@ import numpy as np
 from tokalign.align import span
 from tokalign.cli.remap import build_samples, remap_samples, token_byte_offsets
 from tokalign.errors import TokalignError
+from tokalign.remap_ce import wants_remap_ce
 
 BATCH_SAMPLES = 64
 
@@ -34,6 +35,6 @@ def remap_per_sample(pivot, source, prepared_map, writer, sample_ids: Sequence[s
                 raise TokalignError(f"sample {sid}: {exc}") from exc
         res = remap_samples(ps, ss, groups, prepared_map, k_out=k_out, inside=inside, one_to_many=one_to_many,
                             threads=threads)
-        writer.append(build_samples(ids, ps, res))
+        writer.append(build_samples(ids, ps, res, ss, groups, remap_ce=wants_remap_ce(writer)))
         positions += int(res.topk_ids.shape[0])
     return positions

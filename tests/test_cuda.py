@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import tokalign
-from tokalign import _core
+from tokalign import _core, cuda_ops
 from tokalign.cli import main
 from tokalign.device import cuda_available, resolve_device
 from tokalign.errors import TokalignError
@@ -238,6 +238,33 @@ def test_dtw_wavefront_emulated_equals_cpu(text_pairs, band, tie):
         assert stats["widened"] > 0 and stats["rounds"] > 1
     for k, (c, e) in enumerate(zip(cpu, emu)):
         assert _same_alignment(c, e), "pair %d differs" % k
+
+
+@needs_ext
+@pytest.mark.parametrize("tie", [0, 1])
+def test_dtw_gpu_path_exact_on_adversarial_pairs(tie):
+    """Unrelated and periodic sequences, where a banded path is often not the optimum: the GPU path
+    (kernel code emulated on the host: band pass, then the full-matrix check) gives exactly the CPU's
+    results, band radius included, and the check really replaced some band-pass candidates."""
+    rng = np.random.default_rng(tie)
+    alphabet = ["a", "b", "ab", "ba", "abc", "c", "cab", "▁a", "bb", "aaa"]
+    tp, ts = tokalign.align.TokenTable(alphabet), tokalign.align.TokenTable(alphabet)
+    P, S = [], []
+    for k in range(120):
+        n, m = int(rng.integers(20, 120)), int(rng.integers(20, 120))
+        if k % 3 == 0:  # periodic pivot, shifted periodic source
+            P.append(np.resize(np.array([0, 1, 2], np.int32), n))
+            S.append(np.resize(np.array([1, 2, 0, 3], np.int32), m))
+        else:
+            P.append(rng.integers(0, len(alphabet), n).astype(np.int32))
+            S.append(rng.integers(0, len(alphabet), m).astype(np.int32))
+    cpu = _core.dtw_batch(tp, P, ts, S, tie, 2, 0)
+    gpu, stats = cuda_ops.dtw_batch(tp, P, ts, S, tie, 2, 0, emulate=True)
+    assert stats["cpu_pairs"] == 0 and stats["verify_replaced"] > 0
+    raw, _ = _cuda.dtw_batch(_cuda.DtwTable(alphabet), P, _cuda.DtwTable(alphabet), S, tie, 2, 0, 1 << 28, True)
+    assert any(int(r["cost"]) != int(c["cost"]) for r, c in zip(raw, cpu))  # the band pass alone is not exact
+    for k, (c, g) in enumerate(zip(cpu, gpu)):
+        assert _same_alignment(c, g), "pair %d differs" % k
 
 
 @needs_ext

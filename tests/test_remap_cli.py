@@ -58,7 +58,8 @@ def test_remap_samples_and_build_samples_match_array_api():
         lp, ls = int(rng.integers(2, 20)), int(rng.integers(2, 20))
         groups.append(random_groups(rng, lp, ls))
         ids, lg, lse = random_topk(rng, ls, 5, 40)
-        ss.append({"input_ids": rng.integers(0, 40, ls), "topk_ids": ids, "topk_logits": lg, "logsumexp": lse})
+        ss.append({"input_ids": rng.integers(0, 40, ls), "topk_ids": ids, "topk_logits": lg, "logsumexp": lse,
+                   "token_ce": rng.uniform(0.0, 5.0, ls).astype(np.float32)})
         ps.append({"input_ids": rng.integers(0, 30, lp).astype(np.int32), "loss_mask": np.ones(lp, bool)})
     res = remap_samples(ps, ss, groups, vmap, k_out=4, inside="onehot", one_to_many="last")
     direct = remap_batch(groups, np.concatenate([s["topk_ids"] for s in ss]),
@@ -67,7 +68,7 @@ def test_remap_samples_and_build_samples_match_array_api():
                          source_offsets=np.r_[0, np.cumsum([len(s["input_ids"]) for s in ss])],
                          pivot_offsets=np.r_[0, np.cumsum([len(p["input_ids"]) for p in ps])], k_out=4)
     np.testing.assert_array_equal(res.topk_ids, direct.topk_ids)
-    out = build_samples(["s0", "s1", "s2"], ps, res)
+    out = build_samples(["s0", "s1", "s2"], ps, res, ss, groups)
     assert [o["sample_id"] for o in out] == ["s0", "s1", "s2"]
     for o, p in zip(out, ps):
         assert o["topk_ids"].shape == (len(p["input_ids"]), 4) and np.all(o["logsumexp"] == 0)

@@ -23,7 +23,7 @@ from tokalign.remap_store import ChunkGather, TokenBytes, align_packed, plan_bat
 from tokalign.store import ExtraArray, StoreSchema, StoreWriter, open_store, open_writer  # noqa: E402
 
 EXTRAS = (ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
-          ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool"))
+          ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool"), ExtraArray("remap_ce", "float32"))
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,8 @@ def _cli_schema(d, world):
         template=getattr(a.schema, "template", None),
         options={"pivot_store": str(d / "pivot.zarr"), "source_store": str(d / "source.zarr"), "map": str(d / "map"),
                  "inside": "onehot", "one_to_many": "last", "source_model": b.schema.model,
-                 "source_fingerprint": b.schema.tokenizer_fingerprint, "tokenizer": world["tp"].name},
+                 "source_fingerprint": b.schema.tokenizer_fingerprint, "tokenizer": world["tp"].name,
+                 "ce_definition": "source_nll_by_group"},
         extras=EXTRAS)
 
 
@@ -286,6 +287,7 @@ class _FailingWriter:
 
     def __init__(self, inner, fail_at):
         self.inner, self.fail_at, self.appended = inner, fail_at, 0
+        self.schema = inner.schema
 
     def append_packed(self, ids, lengths, arrays):
         if self.appended == self.fail_at:

@@ -1,8 +1,9 @@
 """GPU versions of the two heaviest kernels, with the CPU core as fallback for what they do not take.
 
 * :func:`dtw_batch` -- batched FuseChat DTW (``tokalign._cuda.dtw_batch``): the same band, the
-  same widening rule, the same cost and tie-break as ``tokalign._core.dtw_batch``, so every path
-  and cost is identical. Pairs the GPU does not take (empty, pivot longer than
+  same widening rule, the same cost and tie-break as ``tokalign._core.dtw_batch``; each banded
+  candidate is then checked against the full matrix on the device (the CPU checks it with a pruned
+  pass), so every path, cost and band radius is identical. Pairs the GPU does not take (empty, pivot longer than
   ``_cuda.DTW_MAX_PIVOT`` tokens, more band cells than ``max_cells``, or a cell comparing two tokens
   both longer than 64 code points) run on the CPU core in the same call.
 * :func:`mined_search` -- all-pairs MinED (``tokalign._cuda.mined_search``), the CPU index's result
@@ -37,7 +38,7 @@ def _cuda_call(fn, *args, **kwargs):
         raise TokalignError(str(exc)) from None
 
 
-def _device_table(table: Any) -> Any:
+def _device_table(table: Any, mod: Any) -> Any:
     """The GPU twin of a :class:`tokalign.align.TokenTable`, built once and kept on the table."""
     cached = getattr(table, "_cuda_table", None)
     if cached is not None:
@@ -46,23 +47,32 @@ def _device_table(table: Any) -> Any:
     if tokens is None:
         raise TokalignError("device='cuda' needs token tables built with tokalign.align.TokenTable "
                             "(a bare tokalign._core.TokenTable does not keep its strings)")
-    cached = _cuda_call(cuda_module().DtwTable, tokens, getattr(table, "weights", None))
+    cached = _cuda_call(mod.DtwTable, tokens, getattr(table, "weights", None))
     table._cuda_table = cached
     return cached
 
 
 def dtw_batch(pivot_table: Any, pivot_ids: Sequence[np.ndarray], source_table: Any, source_ids: Sequence[np.ndarray],
-              tie: int, band: int, num_threads: int = 0, *,
-              max_cells: int = DEFAULT_MAX_CELLS) -> Tuple[List[dict], Dict[str, Any]]:
+              tie: int, band: int, num_threads: int = 0, *, max_cells: int = DEFAULT_MAX_CELLS,
+              emulate: bool = False) -> Tuple[List[dict], Dict[str, Any]]:
     """Raw DTW results (the dicts of ``tokalign._core.dtw_batch``) for int32 id arrays, computed on
     the GPU where possible. ``band``: -1 full matrix, 0 auto, > 0 initial radius. Returns
-    (results, stats) with stats["kernel_ms"] (cudaEvent time) and stats["cpu_pairs"]."""
-    mod = cuda_module()
-    gp, gs = _device_table(pivot_table), _device_table(source_table)
+    (results, stats) with stats["kernel_ms"] (cudaEvent time of all launches: ``band_kernel_ms`` +
+    ``verify_kernel_ms``), stats["cpu_pairs"] and stats["verify_replaced"] (band-pass candidates
+    that were not the optimum).
+    ``emulate=True`` runs the kernel's code on the host (tests without a GPU)."""
+    if emulate:  # no device needed: only the extension
+        from . import _cuda as mod  # type: ignore[attr-defined]
+    else:
+        mod = cuda_module()
+    gp, gs = _device_table(pivot_table, mod), _device_table(source_table, mod)
     pids = [np.ascontiguousarray(a, dtype=np.int32) for a in pivot_ids]
     sids = [np.ascontiguousarray(a, dtype=np.int32) for a in source_ids]
     results, stats = _cuda_call(mod.dtw_batch, gp, pids, gs, sids, int(tie), int(band), device_index(),
-                                int(max_cells))
+                                int(max_cells), bool(emulate))
+    stats = dict(stats)
+    if int(band) >= 0:
+        results = _settle_on_device(mod, gp, pids, gs, sids, results, stats, int(tie), int(max_cells), bool(emulate))
     todo = [k for k, r in enumerate(results) if r is None]
     cpu = []
     if todo:
@@ -77,9 +87,40 @@ def dtw_batch(pivot_table: Any, pivot_ids: Sequence[np.ndarray], source_table: A
         raw = _core.path_result(r["path_p"], r["path_s"], len(pids[k]), len(sids[k]), int(r["cost"]))
         raw["band"] = int(r["band"])
         out.append(raw)
-    stats = dict(stats)
     stats["pairs"] = len(results)
     return out, stats
+
+
+def _settle_on_device(mod: Any, gp: Any, pids: List[np.ndarray], gs: Any, sids: List[np.ndarray],
+                      results: List[Optional[dict]], stats: Dict[str, Any], tie: int, max_cells: int,
+                      emulate: bool) -> List[Optional[dict]]:
+    """Makes banded kernel results exact, as the CPU's banded DTW is.
+
+    A band pass finds a candidate path that a cheaper path leaving the band could beat. The CPU checks
+    it with a pruned pass (row by row, data-dependent: a poor fit for the GPU); here the full matrix of
+    every banded pair runs on the device instead (one more launch, exact by construction). Where the
+    full DTW's path is the candidate, the result keeps the candidate's band radius, else it is the full
+    path with band -1: exactly what the CPU's verification / exact pass report. Pairs the full pass
+    does not take (too many cells) go to the CPU like the other fallbacks."""
+    banded = [k for k, r in enumerate(results) if r is not None and int(r["band"]) >= 0]
+    stats.update(band_kernel_ms=float(stats.get("kernel_ms", 0.0)), verify_kernel_ms=0.0, verify_replaced=0)
+    if not banded:
+        return results
+    full, fstats = _cuda_call(mod.dtw_batch, gp, [pids[k] for k in banded], gs, [sids[k] for k in banded], tie, -1,
+                              device_index(), max_cells, emulate)
+    out = list(results)
+    for k, f in zip(banded, full):
+        cand = results[k]
+        if f is None:
+            out[k] = None
+        elif not (np.array_equal(f["path_p"], cand["path_p"]) and np.array_equal(f["path_s"], cand["path_s"])):
+            out[k] = dict(f, band=-1)
+            stats["verify_replaced"] += 1
+    stats["verify_kernel_ms"] = float(fstats.get("kernel_ms", 0.0))
+    stats["kernel_ms"] = stats["band_kernel_ms"] + stats["verify_kernel_ms"]
+    for key in ("launches", "cells"):
+        stats[key] = int(stats.get(key, 0)) + int(fstats.get(key, 0))
+    return out
 
 
 def mined_search(pivot_texts: List[bytes], candidate: np.ndarray, rank: np.ndarray, source_texts: List[bytes],

@@ -14,7 +14,8 @@ Per batch of about ``batch_tokens`` pivot positions:
    byte), including the text diff + DTW for texts that differ (SentencePiece's dummy-prefix space,
    different templates, truncation);
 3. **remap** with the C++ kernel (:func:`tokalign.remap.remap_batch`);
-4. **write** one packed append (``StoreWriter.append_packed``), ``token_ce`` computed vectorised.
+4. **write** one packed append (``StoreWriter.append_packed``); ``token_ce`` is the source's own NLL carried
+   through the groups (:mod:`tokalign.remap_ce`), the CE under the remapped distribution goes to ``remap_ce``.
 
 Three threads overlap the stages: a reader thread reads batch i + 1 and a writer thread computes
 ``token_ce`` and appends batch i - 1 (in order, through a bounded queue; its errors are raised in the
@@ -37,12 +38,13 @@ import numpy as np
 
 from .errors import TokalignError
 from .remap import KIND_NAMES, PreparedMap, remap_batch
+from .remap_ce import REMAP_CE_FIELD, source_nll_by_group, wants_remap_ce
 
 #: pivot positions per batch (align, remap and write work on whole batches)
 BATCH_TOKENS = 1 << 17
 #: decoded chunks kept for later batches (bytes)
 CACHE_BYTES = 512 << 20
-SOURCE_FIELDS = ("input_ids", "topk_ids", "topk_logits", "logsumexp")
+SOURCE_FIELDS = ("input_ids", "topk_ids", "topk_logits", "logsumexp", "token_ce")
 PIVOT_TOPK_FIELDS = ("topk_ids", "topk_logits", "logsumexp")
 ALIGN_PATHS = ("same_text", "text_diff", "text_diff_dtw", "empty")
 _TIE = {"fusechat": 0, "pivot_first": 0, "source_first": 1}
@@ -368,7 +370,8 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
 
     ``pivot`` / ``source``: :class:`tokalign.store.StoreReader`; ``vocab_map``: a prepared (source x pivot)
     map; ``writer``: a :class:`tokalign.store.StoreWriter` of kind "remapped" with the extras ``group_kind``,
-    ``retained_mass``, ``source_position``, ``remap_valid`` (the caller closes it); ``pivot_bytes`` /
+    ``retained_mass``, ``source_position``, ``remap_valid`` and optionally ``remap_ce`` (the caller closes it);
+    ``token_ce`` is :func:`tokalign.remap_ce.source_nll_by_group`; ``pivot_bytes`` /
     ``source_bytes``: the two tokenizers' token bytes. ``prefetch``: read ahead and write behind in two
     background threads (False: every stage in the calling thread, one after the other). ``progress(n)`` is
     called with the samples done per batch (when the batch is remapped; the writer may still be behind).
@@ -401,14 +404,16 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
         if item is None:
             writer.flush()
         else:
-            batch_ids, pv, p_off, res = item
-            ce = remapped_token_ce_packed(res.topk_ids, res.topk_logits, res.retained_mass, res.valid,
-                                          pv["input_ids"], p_off)
+            batch_ids, pv, sv, p_off, s_off, groups, g_off, res = item
+            ce = source_nll_by_group(sv["token_ce"], s_off, groups, g_off, p_off, source_lse=sv["logsumexp"])
+            extra = {REMAP_CE_FIELD: remapped_token_ce_packed(res.topk_ids, res.topk_logits, res.retained_mass,
+                                                              res.valid, pv["input_ids"], p_off)
+                     } if wants_remap_ce(writer) else {}
             writer.append_packed(batch_ids, np.diff(p_off), {
                 "input_ids": pv["input_ids"], "loss_mask": pv["loss_mask"], "topk_ids": res.topk_ids,
                 "topk_logits": res.topk_logits, "logsumexp": res.logsumexp, "token_ce": ce,
                 "group_kind": res.group_kind, "retained_mass": res.retained_mass,
-                "source_position": res.source_position, "remap_valid": res.valid})
+                "source_position": res.source_position, "remap_valid": res.valid, **extra})
         sec["write"] += time.perf_counter() - t0
         cpu["write"] += clock() - c0
 
@@ -445,11 +450,12 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
             sec["kernel"] += t3 - t2
             cpu["kernel"] += c3 - c2
 
+            item = (batch_ids, pv, sv, p_off, s_off, groups, g_off, res)
             if behind:
-                behind.put((batch_ids, pv, p_off, res))
+                behind.put(item)
                 sec["wait_write"] += time.perf_counter() - t3
             else:
-                write((batch_ids, pv, p_off, res))
+                write(item)
             _count(totals, res, path, len(batch_ids), int(p_off[-1]))
             if progress is not None:
                 progress(len(batch_ids))

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import TokalignError
 from ..remap import INSIDE_POLICIES, KIND_NAMES, ONE_TO_MANY_POLICIES, RemapResult, concat_groups, prepare_map, remap_batch
+from ..remap_ce import CE_DEFINITION, REMAP_CE_FIELD, source_nll_by_group
 
 EPILOG = """examples:
   tokalign remap --pivot-store openchat.zarr --source-store internlm2.zarr --map map-ms/ --out internlm2-on-openchat.zarr
@@ -24,7 +25,10 @@ EPILOG = """examples:
 Samples are joined by sample id (ids present in only one store are reported and skipped). The pivot
 store's tokenizer must be the map's pivot and the source store's the map's source (fingerprints are
 checked). The output store (kind "remapped") holds log-probabilities (logsumexp = 0, id -1 = empty slot)
-plus per-position provenance: group_kind, retained_mass, source_position, remap_valid.
+plus per-position provenance: group_kind, retained_mass, source_position, remap_valid. Its token_ce is
+the source model's own NLL of the text carried onto the pivot positions through the alignment groups, so
+its seq_ce compares fairly with the pivot store's (MinCE); remap_ce holds -log q(next) under the stored
+remapped distribution q (a diagnostic).
 An interrupted run resumes: samples already committed in --out are skipped.
 """
 
@@ -87,9 +91,9 @@ def token_byte_offsets(token_texts: Sequence[bytes], ids: np.ndarray) -> Tuple[s
 
 
 def remapped_token_ce(result: Mapping[str, np.ndarray], input_ids: np.ndarray) -> np.ndarray:
-    """Cross-entropy of each remapped distribution on the next pivot token: -log q(next) when the token
-    is kept, else -log(tail mass) (a lower bound, since q(next) <= 1 - retained); 0 for the last position
-    and for invalid positions."""
+    """Cross-entropy of each remapped distribution on the next pivot token (the ``remap_ce`` diagnostic):
+    -log q(next) when the token is kept, else -log(tail mass) (a lower bound, since q(next) <= 1 - retained);
+    0 for the last position and for invalid positions. Not the store's ``token_ce`` (see tokalign.remap_ce)."""
     ids, logits = result["topk_ids"], result["topk_logits"]
     n = ids.shape[0]
     ce = np.zeros(n, np.float32)
@@ -105,12 +109,22 @@ def remapped_token_ce(result: Mapping[str, np.ndarray], input_ids: np.ndarray) -
     return ce
 
 
-def build_samples(sample_ids: Sequence[str], pivot_samples: Sequence[Mapping[str, Any]], result: RemapResult) -> List[Dict[str, Any]]:
-    """Output sample dicts (store contract) for one remapped batch."""
+def build_samples(sample_ids: Sequence[str], pivot_samples: Sequence[Mapping[str, Any]], result: RemapResult,
+                  source_samples: Sequence[Mapping[str, Any]], groups: Sequence[np.ndarray], *,
+                  remap_ce: bool = True) -> List[Dict[str, Any]]:
+    """Output sample dicts (store contract) for one remapped batch: ``token_ce`` is the source's NLL carried
+    through ``groups`` (:func:`tokalign.remap_ce.source_nll_by_group`, computed for the whole batch at once);
+    ``remap_ce`` adds the diagnostic :func:`remapped_token_ce` (the output schema must declare it)."""
+    g, go = concat_groups(groups)
+    s_off = np.r_[0, np.cumsum([len(s["input_ids"]) for s in source_samples])].astype(np.int64)
+    cat = lambda name: (np.concatenate([np.asarray(s[name], np.float32) for s in source_samples])  # noqa: E731
+                        if source_samples else np.zeros(0, np.float32))
+    ce = source_nll_by_group(cat("token_ce"), s_off, g, go, result.offsets, source_lse=cat("logsumexp"))
     out = []
     for i, sid in enumerate(sample_ids):
         seq = result.sequence(i)
         ps = pivot_samples[i]
+        extra = {REMAP_CE_FIELD: remapped_token_ce(seq, np.asarray(ps["input_ids"]))} if remap_ce else {}
         out.append({
             "sample_id": sid,
             "input_ids": np.asarray(ps["input_ids"], np.int32),
@@ -118,11 +132,12 @@ def build_samples(sample_ids: Sequence[str], pivot_samples: Sequence[Mapping[str
             "topk_ids": seq["topk_ids"],
             "topk_logits": seq["topk_logits"],
             "logsumexp": seq["logsumexp"],
-            "token_ce": remapped_token_ce(seq, np.asarray(ps["input_ids"])),
+            "token_ce": ce[result.offsets[i]:result.offsets[i + 1]],
             "group_kind": seq["group_kind"],
             "retained_mass": seq["retained_mass"],
             "source_position": seq["source_position"],
             "remap_valid": seq["valid"],
+            **extra,
         })
     return out
 
@@ -210,9 +225,10 @@ def run(args: argparse.Namespace) -> int:
         options={"pivot_store": str(args.pivot_store), "source_store": str(args.source_store),
                  "map": str(args.map_dir), "inside": args.inside, "one_to_many": args.one_to_many,
                  "source_model": b.schema.model, "source_fingerprint": b.schema.tokenizer_fingerprint,
-                 "tokenizer": tok_p.name},
+                 "tokenizer": tok_p.name, "ce_definition": CE_DEFINITION},
         extras=(ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
-                ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool")),
+                ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool"),
+                ExtraArray(REMAP_CE_FIELD, "float32")),
         compression_level=int(level),
     )
     writer = open_writer(args.out, schema, flush_tokens=FLUSH_TOKENS)
