@@ -11,17 +11,20 @@ else a random map with 1-3 pivot ids per row.
 store (internlm2) are built with the store writer from real texts of ../shared/corpora tokenized like
 ``dump-logits --template plain`` (each store in its own length order, samples truncated at 2048 tokens),
 with random but realistic top-10 distributions (tests/remap_stores.py), about ``--positions`` pivot
-positions, and a real vocabulary map (``vocab.ms`` argmax from ``build_stats`` span statistics over the
-corpora, ``em`` fallback). They are cached under benchmarks/.cache (git-ignored). Timed: the CLI call
-(tokalign.cli.main, incl. loading tokenizers and map), the engine's per-stage breakdown (read, align,
-kernel, write; wall and process CPU) at the CLI's output compression level and at the store default
-(zstd 5), and the per-sample path the CLI used before (tests/remap_store_reference.py, zstd 5 output) on
-150 samples from 5 places of the pivot order as the baseline.
+positions (default 2 M, so that the CLI's fixed costs do not dominate), and a real vocabulary map
+(``vocab.ms`` argmax from ``build_stats`` span statistics over the corpora, ``em`` fallback). They are cached
+under benchmarks/.cache (git-ignored). Timed: the CLI call (tokalign.cli.main, incl. loading tokenizers and
+map: ``cli_fixed_seconds``), the engine pipelined as in the CLI (reader and writer threads), the engine with
+every stage alone (``engine_cpu_us_per_position``: process CPU per stage; "write" is the store writer of
+tokalign/store, "read" the store reader + ChunkGather, "align" / "kernel" the remap's own C++ stages), both
+at the CLI's output compression level, the engine at the store default (zstd 5), and the per-sample path the
+CLI used before (tests/remap_store_reference.py, zstd 5 output) on 150 samples from 5 places of the pivot
+order as the baseline.
 
 Goal: >= 5 M positions/s on 2 cores. The machine is shared: the load average is printed, and
 ``engine_cpu_positions_per_s`` (positions per process-CPU second) is the load-independent figure.
 
-    python benchmarks/remap_speed.py --threads 2 [--mode store|array|both] [--positions 1500000] [--torch] [--json]
+    python benchmarks/remap_speed.py --threads 2 [--mode store|array|both] [--positions 2000000] [--torch] [--json]
 """
 from __future__ import annotations
 

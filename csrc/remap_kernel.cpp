@@ -54,6 +54,18 @@ std::vector<MapRow> compact_rows(const Inputs& in) {
     return rows;
 }
 
+// Starts loading the map rows of source row `row`'s top-k ids (random accesses into the map) so that they
+// arrive while the previous group is processed.
+inline void prefetch_rows(const Inputs& in, const MapRow* rows, int64_t row) {
+#if defined(__GNUC__)
+    const int32_t* ids = in.source_ids + row * in.k_source;
+    for (int64_t k = 0; k < in.k_source; ++k)
+        if (ids[k] >= 0 && ids[k] < in.source_vocab) __builtin_prefetch(rows + ids[k]);
+#else
+    (void)in, (void)rows, (void)row;
+#endif
+}
+
 // Thread-local state for one position at a time.
 struct Worker {
     const Inputs& in;
@@ -266,6 +278,8 @@ std::string run(const Inputs& in, const Options& opt, Outputs& out, Counts& coun
         std::vector<double> mass;
 #pragma omp for schedule(dynamic, 256)
         for (int64_t g = 0; g < in.n_groups; ++g) {
+            if (g + 1 < in.n_groups && in.groups[4 * (g + 1) + 3] > in.groups[4 * (g + 1) + 2])
+                prefetch_rows(in, map_rows.data(), in.source_offsets[group_seq[g + 1]] + in.groups[4 * (g + 1) + 3] - 1);
             const int64_t seq = group_seq[g];
             const int64_t P0 = in.pivot_offsets[seq], S0 = in.source_offsets[seq];
             const int64_t Lp = in.pivot_offsets[seq + 1] - P0;
