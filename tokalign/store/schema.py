@@ -248,8 +248,10 @@ def describe_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
 # -- bfloat16 <-> float32, exact and vectorised (numpy has no bfloat16) ------------------------------
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """Raw bf16 bit patterns (uint16) -> float32. Exact: bf16 is the top half of a float32."""
-    bits = np.ascontiguousarray(bits, dtype=np.uint16)
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    bits = np.asarray(bits, dtype=np.uint16)
+    out = np.empty(bits.shape, dtype=np.uint32)
+    np.left_shift(bits, 16, out=out, dtype=np.uint32)  # one pass, no uint32 temporary
+    return out.view(np.float32)
 
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
