@@ -82,6 +82,18 @@ class StoreWriter:
 
     Use as a context manager or call :meth:`close` to mark the part complete. Batches are buffered and
     flushed (and committed) whenever ``flush_tokens`` tokens are pending (``flush_tokens=0``: every batch).
+
+    Options (keyword arguments of :meth:`create`, :meth:`resume`, :meth:`open`):
+
+    * ``whole_shards`` (default: ``flush_tokens >= schema.shard_tokens``): write token rows in whole shards
+      only. Each shard is encoded once and written once (no read-modify-write); a commit follows each
+      shard, so a kill loses at most one shard of work; :meth:`close` (or :meth:`flush`) writes the last,
+      partial shard. Memory: one shard of rows plus one batch.
+    * ``encode_threads`` (default ``min(2, cores)``, ``TOKALIGN_STORE_THREADS``): threads that blosc-encode
+      the chunks of a shard (blosc releases the GIL).
+    * ``direct`` (default True; ``TOKALIGN_STORE_DIRECT=0`` turns it off): shards that start on a shard
+      boundary are encoded by tokalign (``tokalign.store._shards``) and put as one object each; rows that
+      continue a shard begun earlier always go through zarr. The objects are identical in format to zarr's.
     """
 
     def __init__(self, url: Union[str, Path], schema: StoreSchema, root, group, *, part: int,
@@ -654,6 +666,9 @@ class StoreWriter:
         self._group.update_attributes({"committed": self._committed, "complete": True, "completed_at": _now(),
                                        "updated_at": _now()})
         self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         return self.summary()
 
     def summary(self) -> Dict[str, Any]:
