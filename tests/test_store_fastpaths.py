@@ -83,13 +83,18 @@ def test_direct_reads_equal_zarr_reads(tmp_path, kind, codec):
         _assert_dicts_equal(fast.read_tokens(0, lo, hi), slow.read_tokens(0, lo, hi))
     for kw in ({"batch_size": 3}, {"batch_size": 7, "packed": True}, {"batch_size": 64, "max_tokens": 100},
                {"batch_size": 5, "packed": True, "fields": ["topk_ids", "topk_logits"]},
-               {"batch_size": 4, "packed": True, "only_valid": True, "start": 3, "stop": 50}):
+               {"batch_size": 4, "packed": True, "only_valid": True, "start": 3, "stop": 50},
+               {"batch_size": 6, "packed": True, "prefetch": 0}, {"batch_size": 2, "prefetch": 3}):
         got = list(fast.iter_batches(**kw))
         want = list(slow.iter_batches(**kw))
         assert len(got) == len(want)
         for g, w in zip(got, want):
             for gg, ww in ([(g, w)] if isinstance(g, dict) else zip(g, w)):
                 _assert_dicts_equal(gg, ww)
+    it = fast.iter_batches(2, packed=True, prefetch=2)  # abandoned mid-way: the read-ahead thread stops
+    first = next(it)
+    it.close()
+    np.testing.assert_array_equal(first["topk_ids"], slow.read_tokens(0, 0, len(first["topk_ids"]))["topk_ids"])
     for i in rng.permutation(len(samples))[:20]:  # random access (chunk-aligned block cache)
         _assert_dicts_equal(fast[int(i)], slow[int(i)])
     packed = next(fast.iter_batches(10_000, packed=True))

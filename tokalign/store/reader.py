@@ -227,7 +227,8 @@ class StoreReader:
 
     def iter_batches(self, batch_size: int = 256, *, max_tokens: Optional[int] = None, start: int = 0,
                      stop: Optional[int] = None, packed: bool = False, only_valid: bool = False,
-                     fields: Optional[Sequence[str]] = None, output: Optional[str] = None) -> Iterator[Any]:
+                     fields: Optional[Sequence[str]] = None, output: Optional[str] = None,
+                     prefetch: int = 1) -> Iterator[Any]:
         """Batches of whole sequences in store order.
 
         A batch has at most ``batch_size`` samples and, with ``max_tokens``, at most that many tokens (a
@@ -235,6 +236,8 @@ class StoreReader:
         dicts, or with ``packed=True`` one dict of concatenated token arrays plus ``offsets`` [B+1],
         ``sample_id`` list, ``seq_ce`` / ``valid`` [B]. ``only_valid`` drops samples with NaN/Inf values.
         ``fields`` limits the token arrays read (e.g. ``["topk_ids", "topk_logits", "logsumexp"]``).
+        ``prefetch``: batches read ahead on a background thread while the caller works on the current one
+        (0: read in the caller's thread).
         """
         if batch_size <= 0:
             raise TokalignError("batch_size must be positive")
@@ -243,10 +246,40 @@ class StoreReader:
         if unknown:
             raise TokalignError("unknown token field(s) %s; this store has %s" % (", ".join(unknown),
                                                                                 ", ".join(self._token_names)))
+        carry = _shards.Carry()  # consecutive batches share their boundary chunks: decode each chunk once
+
+        def read(r: tuple) -> Dict[str, np.ndarray]:
+            part, _, _, lo, hi = r
+            return self._read_tokens(part, lo, hi, names, carry)
+
+        ranges = self._batch_ranges(batch_size, max_tokens, start, stop)
+        if prefetch > 0:
+            # one reader thread keeps the reads in order (the carry needs that); up to `prefetch` ahead
+            from collections import deque
+
+            ahead = ThreadPoolExecutor(1, thread_name_prefix="tokalign-prefetch")
+            queue: deque = deque()
+            try:
+                for r in ranges:
+                    queue.append((r, ahead.submit(read, r)))
+                    if len(queue) > prefetch:
+                        r0, fut = queue.popleft()
+                        yield self._make_batch(r0, fut.result(), packed, only_valid, output)
+                while queue:
+                    r0, fut = queue.popleft()
+                    yield self._make_batch(r0, fut.result(), packed, only_valid, output)
+            finally:
+                ahead.shutdown(wait=False, cancel_futures=True)
+        else:
+            for r in ranges:
+                yield self._make_batch(r, read(r), packed, only_valid, output)
+
+    def _batch_ranges(self, batch_size: int, max_tokens: Optional[int], start: int,
+                      stop: Optional[int]) -> Iterator[tuple]:
+        """(part, j, j_end, lo, hi) per batch: samples [j, j_end) of part, token rows [lo, hi)."""
         n = len(self)
         stop = n if stop is None else min(int(stop), n)
         i = int(start)
-        carry = _shards.Carry()  # consecutive batches share their boundary chunks: decode each chunk once
         while i < stop:
             part, j = self._locate(i)
             j_end = min(j + batch_size, part.num_samples, j + (stop - i))
@@ -254,17 +287,19 @@ class StoreReader:
                 limit = part.offsets[j] + int(max_tokens)
                 k = int(np.searchsorted(part.offsets, limit, side="right") - 1)
                 j_end = max(j + 1, min(j_end, k))
-            lo, hi = int(part.offsets[j]), int(part.offsets[j_end])
-            tokens = self._read_tokens(part, lo, hi, names, carry)
-            keep = np.arange(j, j_end)
-            if only_valid:
-                keep = keep[part.valid[j:j_end]]
-            if packed:
-                yield self._convert(self._make_packed(part, keep, tokens, lo, len(keep) == j_end - j), output)
-            else:
-                yield [self._convert(self._make_sample(part, jj, tokens, int(part.offsets[jj]) - lo,
-                                                       int(part.offsets[jj + 1]) - lo), output) for jj in keep]
+            yield part, j, j_end, int(part.offsets[j]), int(part.offsets[j_end])
             i += j_end - j
+
+    def _make_batch(self, r: tuple, tokens: Dict[str, np.ndarray], packed: bool, only_valid: bool,
+                    output: Optional[str]) -> Any:
+        part, j, j_end, lo, _ = r
+        keep = np.arange(j, j_end)
+        if only_valid:
+            keep = keep[part.valid[j:j_end]]
+        if packed:
+            return self._convert(self._make_packed(part, keep, tokens, lo, len(keep) == j_end - j), output)
+        return [self._convert(self._make_sample(part, jj, tokens, int(part.offsets[jj]) - lo,
+                                                int(part.offsets[jj + 1]) - lo), output) for jj in keep]
 
     # -- raw access -------------------------------------------------------------------------------------
     def read_tokens(self, part: Union[int, str], start: int, stop: int,
