@@ -31,7 +31,7 @@ class Linear(MergeMethod):
     def merge_array(self, task: TensorTask) -> Optional[np.ndarray]:
         if not native.usable(task.models):
             return None
-        return native.linear_merge(task.models, _weights(task), bool(task.params["normalize"]))
+        return native.linear_merge(task.models, _weights(task), bool(task.params["normalize"]), out=task.out)
 
     def merge(self, task: TensorTask) -> torch.Tensor:
         fast = self.native_torch(task)

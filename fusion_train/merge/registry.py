@@ -99,7 +99,8 @@ class TensorTask:
     (:meth:`MergeMethod.merge_array`). ``base`` is None for methods that do not use a base (linear). ``models`` excludes the base.
     ``model_params[j]`` holds the per-model parameters of ``models[j]``; ``params`` the shared ones.
     ``seed`` is the user's seed; DARE derives its per-(tensor, model) streams from it and ``name``
-    (:func:`fusion_train.merge.rng.stream_key`).
+    (:func:`fusion_train.merge.rng.stream_key`). ``out``: where :meth:`MergeMethod.merge_array` may
+    write its result (fp32 C-contiguous, the tensors' shape, not aliasing them); None: allocate.
     """
 
     name: str
@@ -110,6 +111,7 @@ class TensorTask:
     seed: int = 0
     layer: Optional[int] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    out: Optional[Any] = None
 
     def with_tensors(self, base: Optional[Any], models: List[Any]) -> "TensorTask":
         """The same task over other tensors (e.g. numpy views of these)."""

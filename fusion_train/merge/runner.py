@@ -135,9 +135,17 @@ def _nonfinite(label: str, name: str) -> TokalignError:
 
 class ArrayPath:
     """CPU without torch: fp32 numpy arrays (F32 inputs are the memory maps themselves), merged by
-    :meth:`MergeMethod.merge_array` (native kernels)."""
+    :meth:`MergeMethod.merge_array` (native kernels) into one reused output buffer (sized for the
+    largest tensor: no fresh pages to fault in per tensor; each result is written out before the
+    next merge)."""
 
     device = "cpu"
+
+    def __init__(self, max_numel: int):
+        self._out = np.empty(max_numel, dtype=np.float32)
+
+    def out_buffer(self, shape: Tuple[int, ...]) -> np.ndarray:
+        return self._out[:math.prod(shape)].reshape(shape)
 
     def load(self, reader: CheckpointReader, label: str, name: str, rows: Optional[int]) -> np.ndarray:
         a = reader.get_array(name)
@@ -188,6 +196,9 @@ class TorchPath:
             raise _nonfinite(label, name)
         return t
 
+    def out_buffer(self, shape: Tuple[int, ...]) -> None:
+        return None
+
     def merge(self, method: MergeMethod, task: TensorTask) -> Any:
         return method.merge(task)
 
@@ -227,7 +238,7 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
     method_cls = cfg.method_class()
     native.set_num_threads(opts.threads)
     use_arrays = opts.device == "cpu" and method_cls.has_native() and not method_cls.needs_statistics and native.enabled()
-    path = ArrayPath() if use_arrays else TorchPath(opts.device, opts.threads)
+    path: Any = None  # ArrayPath or TorchPath, once the plan is known
     method: MergeMethod = method_cls(cfg.shared_values("", 0.0))
     base_reader = CheckpointReader(cfg.base) if cfg.base is not None else None
     model_readers = [CheckpointReader(m.path) for m in cfg.models]
@@ -241,6 +252,10 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
         return out_dtype if (out_dtype is not None and dt.is_floating_point) else dt
 
     entries = [(name, info.shape, target_dtype(info.dtype)) for name, info in ref.infos.items()]
+    if use_arrays:
+        path = ArrayPath(max([math.prod(i.shape) for i in ref.infos.values() if i.dtype.is_floating_point], default=0))
+    else:
+        path = TorchPath(opts.device, opts.threads)
     shards = plan_shards(entries, opts.max_shard_bytes)
     n_layers = int((ref.config or {}).get("num_hidden_layers") or 0) or (
         max([layer_of(n) for n in ref.infos if layer_of(n) is not None], default=-1) + 1)
@@ -273,7 +288,8 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
                   for j, r in enumerate(model_readers)]
         task = TensorTask(name=name, base=base_t, models=models,
                           model_params=[cfg.model_values(j, name, t) for j in range(len(models))],
-                          params=cfg.shared_values(name, t), seed=opts.seed, layer=layer_of(name))
+                          params=cfg.shared_values(name, t), seed=opts.seed, layer=layer_of(name),
+                          out=path.out_buffer(ref.infos[name].shape))
         return task
 
     from tqdm.auto import tqdm

@@ -140,7 +140,8 @@ class Sce(MergeMethod):
         assert task.base is not None
         if not native.usable([task.base] + list(task.models)):
             return None
-        return native.sce_merge(task.base, task.models, float(task.params["select_topk"]), task.params["variant"])
+        return native.sce_merge(task.base, task.models, float(task.params["select_topk"]), task.params["variant"],
+                                out=task.out)
 
     def merge(self, task: TensorTask) -> torch.Tensor:
         fast = self.native_torch(task)

@@ -65,7 +65,8 @@ def gta_array(task: TensorTask, *, consensus: bool, kind: str) -> Optional[np.nd
                             keys=[rng.stream_key(task.seed, task.name, j) for j in range(len(task.models))]
                             if kind == "random" else None,
                             consensus=consensus, normalize=bool(task.params["normalize"]),
-                            rescale=sparsified and bool(task.params["rescale"]), lam=float(task.params["lambda"]))
+                            rescale=sparsified and bool(task.params["rescale"]), lam=float(task.params["lambda"]),
+                            out=task.out)
 
 
 def generalized_task_arithmetic(task: TensorTask, *, consensus: bool, sparsify: Optional[Sparsifier],

@@ -23,7 +23,7 @@ its delta is 0 and so is its weight unless all deltas are 0).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
