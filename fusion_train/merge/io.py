@@ -2,7 +2,9 @@
 
 Reading: :class:`CheckpointReader` parses the safetensors headers of a model folder
 (``model.safetensors`` or ``model.safetensors.index.json`` + shards) and memory-maps one
-tensor's bytes at a time (zero copy), so a tensor is only paged in when it is used.
+tensor's bytes at a time (zero copy), so a tensor is only paged in when it is used: as a numpy
+array (:meth:`CheckpointReader.get_array`, torch-free) or a torch tensor viewing it (``get``).
+Dtypes are :class:`fusion_train.merge.dtypes.DType`; torch is imported only for torch tensors.
 
 Writing: the output layout (which tensor goes to which shard, at which byte offset) is fully
 determined by names, shapes and the output dtype, so :func:`plan_shards` fixes it before any math

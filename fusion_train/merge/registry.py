@@ -96,7 +96,8 @@ class TensorTask:
     """Everything a method needs to merge one parameter tensor.
 
     Tensors are fp32 torch tensors (:meth:`MergeMethod.merge`) or fp32 C-contiguous numpy arrays
-    (:meth:`MergeMethod.merge_array`). ``base`` is None for methods that do not use a base (linear). ``models`` excludes the base.
+    (:meth:`MergeMethod.merge_array`). ``base`` is None for methods that do not use a base (linear).
+    ``models`` excludes the base.
     ``model_params[j]`` holds the per-model parameters of ``models[j]``; ``params`` the shared ones.
     ``seed`` is the user's seed; DARE derives its per-(tensor, model) streams from it and ``name``
     (:func:`fusion_train.merge.rng.stream_key`). ``out``: where :meth:`MergeMethod.merge_array` may

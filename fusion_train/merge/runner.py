@@ -238,7 +238,6 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
     method_cls = cfg.method_class()
     native.set_num_threads(opts.threads)
     use_arrays = opts.device == "cpu" and method_cls.has_native() and not method_cls.needs_statistics and native.enabled()
-    path: Any = None  # ArrayPath or TorchPath, once the plan is known
     method: MergeMethod = method_cls(cfg.shared_values("", 0.0))
     base_reader = CheckpointReader(cfg.base) if cfg.base is not None else None
     model_readers = [CheckpointReader(m.path) for m in cfg.models]
@@ -252,10 +251,8 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
         return out_dtype if (out_dtype is not None and dt.is_floating_point) else dt
 
     entries = [(name, info.shape, target_dtype(info.dtype)) for name, info in ref.infos.items()]
-    if use_arrays:
-        path = ArrayPath(max([math.prod(i.shape) for i in ref.infos.values() if i.dtype.is_floating_point], default=0))
-    else:
-        path = TorchPath(opts.device, opts.threads)
+    path = (ArrayPath(max([math.prod(i.shape) for i in ref.infos.values() if i.dtype.is_floating_point], default=0))
+            if use_arrays else TorchPath(opts.device, opts.threads))
     shards = plan_shards(entries, opts.max_shard_bytes)
     n_layers = int((ref.config or {}).get("num_hidden_layers") or 0) or (
         max([layer_of(n) for n in ref.infos if layer_of(n) is not None], default=-1) + 1)
