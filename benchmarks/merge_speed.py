@@ -9,10 +9,9 @@ each tool in its own subprocess and records wall time and the peak RSS of that s
 Goal: our time <= 1/3 of mergekit's at no more peak memory. Also recorded: CPU seconds (user + sys)
 of each subprocess, steadier than wall time on a shared machine, and the load average.
 
-``--entry cli`` (default) runs ``python -m fusion_train.cli merge``, i.e. ``fusion-train merge``, which
-today builds every subcommand's parser (``fuse`` imports transformers' TrainingArguments, seconds of
-startup); ``--entry merge`` registers only the merge subcommand (the same code path otherwise), to
-show the cost of the merge itself.
+``--entry cli`` (default) runs ``python -m fusion_train.cli merge``, i.e. ``fusion-train merge``
+(which loads only the merge subcommand; on CPU, methods with native kernels never import torch);
+``--entry merge`` registers the merge subcommand directly (the same code path otherwise).
 
     python benchmarks/merge_speed.py                       # ~600 MB per model, sce ties dare_ties linear
     python benchmarks/merge_speed.py --size 150 --json     # smaller, machine-readable

@@ -17,16 +17,26 @@ reads the same Arrow files the fastest way we know (memory-mapped, zero-copy fla
 does, and only possible because Arrow stores them uncompressed); ``parquet`` reads row groups and flattens
 the lists.
 ``tokalign`` reads every array (also logsumexp, token_ce, loss_mask); ``tokalign-3fields`` only input_ids,
-topk_ids and topk_logits, what the FuseChat reads decode. Ratios are against the FuseChat layout measured in
-the same run.
+topk_ids and topk_logits, what the FuseChat reads decode; ``tokalign-lz4`` is the same store written with
+``StoreSchema(codec="lz4")`` (all arrays read). Reads include ``open_store``. Ratios are against the FuseChat
+layout measured in the same run.
+
+The second table is the writer's cost for remap-like packed batches (``StoreWriter.append_packed`` of 131072
+positions: int16 ids x10, bf16 logits x10, float32 token_ce / retained_mass, int32 input_ids /
+source_position, uint8 group_kind, bool loss_mask / remap_valid), in CPU microseconds per position (all
+threads; the process's CPU time) and wall microseconds per position, per codec and write policy:
+``zarr`` = the old path (zarr writes every flush; a flush that ends inside a shard makes the next one re-read
+and rewrite it), ``direct`` = whole shards encoded by tokalign on ``encode_threads`` threads.
 
     python benchmarks/store_io.py                  # 500k tokens, K=10
     python benchmarks/store_io.py --tokens 1000000 --json
+    python benchmarks/store_io.py --no-writer      # the read/size table only
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -38,7 +48,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tokalign.store import StoreSchema, StoreWriter, bf16_bits_to_float32, float32_to_bf16_bits, open_store  # noqa: E402
+from tokalign.store import (  # noqa: E402
+    ExtraArray,
+    StoreSchema,
+    StoreWriter,
+    bf16_bits_to_float32,
+    float32_to_bf16_bits,
+    open_store,
+)
 
 
 def synthetic(tokens: int, k: int, vocab: int, seed: int) -> Dict[str, Any]:
@@ -84,8 +101,8 @@ def best_of(repeat: int, fn: Callable[[], int]) -> float:
 
 
 # -- tokalign store ------------------------------------------------------------------------------------------
-def write_ours(d: Dict[str, Any], k: int, vocab: int, url: str) -> None:
-    schema = StoreSchema(model="synthetic", tokenizer_fingerprint="synthetic", vocab_size=vocab, k=k)
+def write_ours(d: Dict[str, Any], k: int, vocab: int, url: str, codec: str = "zstd") -> None:
+    schema = StoreSchema(model="synthetic", tokenizer_fingerprint="synthetic", vocab_size=vocab, k=k, codec=codec)
     o = d["offsets"]
     with StoreWriter.create(url, schema, overwrite=True) as w:
         batch = []
@@ -190,6 +207,56 @@ def read_parquet(path: Path) -> int:
 K_GLOBAL = [10]
 
 
+# -- writer cost for remap-like batches --------------------------------------------------------------------
+WRITER_SETTINGS = [  # (label, codec, level, writer options)
+    ("zarr, flush 65536 (old default)", "zstd", 5, dict(flush_tokens=65536, whole_shards=False, direct=False)),
+    ("zarr, flush 1<<19 (old remap CLI)", "zstd", 5, dict(flush_tokens=1 << 19, whole_shards=False, direct=False)),
+    ("zarr, flush 1<<19 (old remap CLI)", "zstd", 1, dict(flush_tokens=1 << 19, whole_shards=False, direct=False)),
+    ("zarr, flush 1<<19 (old remap CLI)", "lz4", 5, dict(flush_tokens=1 << 19, whole_shards=False, direct=False)),
+    ("direct whole shards, 1 thread", "zstd", 1, dict(flush_tokens=1 << 19, encode_threads=1)),
+    ("direct whole shards, 2 threads", "zstd", 5, dict(flush_tokens=1 << 19, encode_threads=2)),
+    ("direct whole shards, 2 threads", "zstd", 1, dict(flush_tokens=1 << 19, encode_threads=2)),
+    ("direct whole shards, 2 threads", "lz4", 5, dict(flush_tokens=1 << 19, encode_threads=2)),
+    ("direct whole shards, 2 threads", "lz4", 1, dict(flush_tokens=1 << 19, encode_threads=2)),
+]
+REMAP_BATCH = 131072
+
+
+def remap_batches(positions: int, k: int, seed: int) -> List[Any]:
+    """Packed batches like the remap engine writes (samples of ~512 positions, log-probs sorted descending)."""
+    out = []
+    for b in range(max(1, positions // REMAP_BATCH)):
+        rng = np.random.default_rng(seed + b)
+        n = REMAP_BATCH
+        lengths = np.full(n // 512, 512, dtype=np.int64)
+        lp = -np.cumsum(rng.exponential(1.0, (n, k)).astype(np.float32), axis=1)
+        ids = np.minimum(rng.zipf(1.15, (n, k)) - 1, 31999).astype(np.int16)
+        arrays = {"input_ids": rng.integers(0, 32000, n).astype(np.int32), "loss_mask": rng.random(n) < 0.5,
+                  "topk_ids": ids, "topk_logits": bf16_bits_to_float32(float32_to_bf16_bits(lp)),
+                  "token_ce": rng.exponential(1.5, n).astype(np.float32),
+                  "group_kind": rng.integers(0, 4, n).astype(np.uint8),
+                  "retained_mass": rng.random(n).astype(np.float32),
+                  "source_position": np.arange(n, dtype=np.int32), "remap_valid": rng.random(n) < 0.98}
+        out.append((["b%d-%d" % (b, i) for i in range(len(lengths))], lengths, arrays))
+    return out
+
+
+def writer_cost(batches: List[Any], k: int, codec: str, level: int, options: Dict[str, Any], url: str) -> Dict[str, float]:
+    schema = StoreSchema(model="remap-like", tokenizer_fingerprint="x", vocab_size=32000, k=k, kind="remapped",
+                         codec=codec, compression_level=level,
+                         extras=(ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
+                                 ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool")))
+    w = StoreWriter.create(url, schema, overwrite=True, **options)
+    c0, t0 = time.process_time(), time.perf_counter()
+    for ids, lengths, arrays in batches:
+        w.append_packed(ids, lengths, arrays)
+    w.close()
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    n = sum(int(lengths.sum()) for _, lengths, _ in batches)
+    return {"cpu_us_per_position": cpu / n * 1e6, "wall_us_per_position": wall / n * 1e6,
+            "bytes_per_position": dir_bytes(Path(url)) / n}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=500_000)
@@ -198,6 +265,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="reads: best of this many runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where to write (default: a temp dir, removed afterwards)")
+    ap.add_argument("--no-writer", action="store_true", help="skip the writer-cost table")
+    ap.add_argument("--writer-positions", type=int, default=1 << 20, help="positions per writer run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     K_GLOBAL[0] = args.k
@@ -233,12 +302,24 @@ def main(argv=None) -> int:
             "write_s": rows["tokalign"]["write_s"], "bytes": rows["tokalign"]["bytes"],
             "read_s": best_of(args.repeat, lambda: read_ours(str(work / "ours.zarr"),
                                                              ["input_ids", "topk_ids", "topk_logits"]))}
+        t0 = time.perf_counter()
+        write_ours(d, args.k, args.vocab, str(work / "ours-lz4.zarr"), codec="lz4")
+        rows["tokalign-lz4"] = {"write_s": time.perf_counter() - t0, "bytes": dir_bytes(work / "ours-lz4.zarr"),
+                                "read_s": best_of(args.repeat, lambda: read_ours(str(work / "ours-lz4.zarr")))}
         rows["fusechat-arrow"].update(bytes=dir_bytes(work / "fusechat"),
                                       read_s=best_of(args.repeat, lambda: read_fusechat_rows(work / "fusechat")))
         rows["arrow-columnar"] = {"write_s": rows["fusechat-arrow"]["write_s"], "bytes": rows["fusechat-arrow"]["bytes"],
                                   "read_s": best_of(args.repeat, lambda: read_arrow_columnar(work / "fusechat"))}
         rows["parquet"].update(bytes=(work / "fusechat.parquet").stat().st_size,
                                read_s=best_of(args.repeat, lambda: read_parquet(work / "fusechat.parquet")))
+        writer: List[Dict[str, Any]] = []
+        if not args.no_writer:
+            batches = remap_batches(args.writer_positions, args.k, args.seed)
+            for label, codec, level, options in WRITER_SETTINGS:
+                runs = [writer_cost(batches, args.k, codec, level, options, str(work / "writer.zarr"))
+                        for _ in range(args.repeat)]
+                best = {key: min(r[key] for r in runs) for key in runs[0]}
+                writer.append(dict(policy=label, codec=codec, level=level, **best))
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -251,6 +332,7 @@ def main(argv=None) -> int:
         row["read_speed_vs_fusechat"] = base["read_s"] / row["read_s"]
     ours = rows["tokalign"]
     report = {"tokens": tokens, "samples": int(len(d["lengths"])), "k": args.k, "vocab": args.vocab, "layouts": rows,
+              "load": os.getloadavg()[0], "writer": writer,
               "goals": {"smaller_3x": ours["size_vs_fusechat"] >= 3.0, "read_10x": ours["read_speed_vs_fusechat"] >= 10.0}}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -268,6 +350,15 @@ def main(argv=None) -> int:
         print("goals vs fusechat-arrow: >=3x smaller: %s (%.2fx); >=10x faster read: %s (%.1fx)" % (
             "PASS" if report["goals"]["smaller_3x"] else "FAIL", ours["size_vs_fusechat"],
             "PASS" if report["goals"]["read_10x"] else "FAIL", ours["read_speed_vs_fusechat"]))
+        if writer:
+            print("\nwriter, remap-like append_packed (%d positions in batches of %d, best of %d; load %.2f):"
+                  % (args.writer_positions, REMAP_BATCH, args.repeat, report["load"]))
+            print("%-36s %-5s %5s %12s %13s %10s" % ("policy", "codec", "level", "CPU us/pos", "wall us/pos",
+                                                     "bytes/pos"))
+            for row in writer:
+                print("%-36s %-5s %5d %12.2f %13.2f %10.1f" % (row["policy"], row["codec"], row["level"],
+                                                               row["cpu_us_per_position"],
+                                                               row["wall_us_per_position"], row["bytes_per_position"]))
     return 0
 
 

@@ -397,22 +397,25 @@ def test_interrupted_merge_resumes(family, tmp_path, monkeypatch):
     clean = tmp_path / "clean"
     run_merge(cfg, clean, MergeOptions(progress=False, max_shard_bytes=30_000))
     calls = {"n": 0}
-    orig = ties.Ties.merge
 
-    def flaky(self, task):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        return orig(self, task)
+    def flaky(orig):
+        def merge(self, task):
+            calls["n"] += 1
+            if calls["n"] == 12:
+                raise KeyboardInterrupt
+            return orig(self, task)
+        return merge
 
-    monkeypatch.setattr(ties.Ties, "merge", flaky)
+    # the native (numpy) path calls merge_array, the torch path merge: interrupt whichever runs
+    for attr in ("merge", "merge_array"):
+        monkeypatch.setattr(ties.Ties, attr, flaky(getattr(ties.Ties, attr)))
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run_merge(cfg, out, MergeOptions(progress=False, max_shard_bytes=30_000))
     assert not out.exists()
     tmp = tmp_path / ".out.merge-tmp"
     assert tmp.is_dir() and list(tmp.glob("*.part"))
-    monkeypatch.setattr(ties.Ties, "merge", orig)
+    monkeypatch.undo()
     s = run_merge(cfg, out, MergeOptions(progress=False, max_shard_bytes=30_000))
     assert s.resumed_shards >= 1 and not tmp.exists()
     assert _max_diff(_load_dir(out), _load_dir(clean)) == 0.0

@@ -127,8 +127,9 @@ def test_sce_native_matches_torch(monkeypatch, variant, n_models):
             ref = sce.merge(task)
             monkeypatch.delenv("TOKALIGN_MERGE_NATIVE")
             assert torch.allclose(fast, ref, rtol=1e-6, atol=1e-6), (case, tau, float((fast - ref).abs().max()))
-    one = native.sce_merge(base, models, 0.1, variant, num_threads=1)
-    assert torch.equal(one, native.sce_merge(base, models, 0.1, variant, num_threads=3))
+    arrays = [m.numpy() for m in models]
+    one = native.sce_merge(base.numpy(), arrays, 0.1, variant, num_threads=1)
+    assert np.array_equal(one, native.sce_merge(base.numpy(), arrays, 0.1, variant, num_threads=3))
 
 
 @pytest.mark.parametrize("n_models", [1, 2, 3, 5])
@@ -206,9 +207,9 @@ def test_results_do_not_depend_on_threads(kind):
     base, models = _family(11, 2, (40_000,))
     outs = []
     for threads in (1, 2, 3):
-        outs.append(native.gta_merge(base, models, [0.6, 0.4], sparsify=kind, densities=[0.3, 0.5], keys=[12, 34],
+        outs.append(native.gta_merge(base.numpy(), [m.numpy() for m in models], [0.6, 0.4], sparsify=kind, densities=[0.3, 0.5], keys=[12, 34],
                                      consensus=True, normalize=True, rescale=True, lam=1.0, num_threads=threads))
-    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
 
 
 def test_ties_edge_cases():
@@ -283,8 +284,9 @@ def test_dispatch_and_switch(monkeypatch):
     t2 = _task(base, strided, [0.5, 0.5], [0.5, 0.5], {"normalize": True, "lambda": 1.0, "rescale": False})
     out = generalized_task_arithmetic(t2, consensus=True, sparsify=magnitude_topk, native_kind="magnitude")
     assert calls["n"] == 1
-    assert torch.equal(out, orig(base, models, [0.5, 0.5], sparsify="magnitude", densities=[0.5, 0.5], consensus=True,
-                                 normalize=True, rescale=False, lam=1.0))
+    want = orig(base.numpy(), [m.numpy() for m in models], [0.5, 0.5], sparsify="magnitude", densities=[0.5, 0.5],
+                consensus=True, normalize=True, rescale=False, lam=1.0)
+    assert torch.equal(out, torch.from_numpy(want))
     monkeypatch.setenv("TOKALIGN_MERGE_NATIVE", "0")
     generalized_task_arithmetic(task, consensus=True, sparsify=magnitude_topk, native_kind="magnitude")
     assert calls["n"] == 1 and not native.enabled()

@@ -238,7 +238,9 @@ def _run_child(url, n, per_batch, flush_tokens, kill_after=None):
     return proc.returncode, lines, err
 
 
-@pytest.mark.parametrize("flush_tokens", [0, 150])
+# 0: commit every batch (rows written as they come, shards re-read by zarr); 128 (= shard_tokens) and 150: the
+# whole-shard policy (rows written in whole shards only, commits as each shard fills)
+@pytest.mark.parametrize("flush_tokens", [0, 128, 150])
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, flush_tokens):
     n = 60
     ref_url = _mem_url()

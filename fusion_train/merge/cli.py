@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "merge",
         help="merge models in parameter space (SCE, VaRM, TIES, DARE, SLERP, ...)",
-        description="Merge same-architecture models (streaming safetensors, fp32 math on CPU or CUDA).",
+        description="Merge same-architecture models (streaming safetensors, fp32 math on CPU or CUDA). On CPU, "
+                    "methods with native kernels (linear, task_arithmetic, ties, dare_*, sce) run without torch.",
         epilog=EPILOG % ", ".join(method_names()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -66,7 +67,8 @@ def register(subparsers) -> None:
     o.add_argument("--dtype", help="output dtype: float32 | bfloat16 | float16 (default: the base's)")
     o.add_argument("--device", default="cpu", help="compute device: cpu | cuda | cuda:N (default cpu)")
     o.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for tensor math (default 0 = torch's default; 1 is fastest on an oversubscribed machine)")
+                   help="CPU threads for tensor math, native kernels and torch (default 0 = their default; "
+                        "1 is fastest on an oversubscribed machine)")
     o.add_argument("--max-shard-size", default="2GB", help="output shard size limit (default 2GB)")
     o.add_argument("--vocab-policy", choices=VOCAB_POLICIES, default="refuse",
                    help="embedding/lm_head row-count mismatch: refuse (default) or truncate to the base's rows")
@@ -129,11 +131,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if args.threads < 0:
         raise TokalignError("--threads: must be >= 0, got %d" % args.threads)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    opts = MergeOptions(device=args.device, max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
+    opts = MergeOptions(device=args.device, threads=args.threads, max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
                         vocab_policy=args.vocab_policy, seed=args.seed, progress=not args.no_progress)
     summary = run_merge(cfg, args.out, opts)
     if args.json:

@@ -9,17 +9,22 @@ the global RNG instead).
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from fusion_train.merge.registry import register
 from fusion_train.merge.rng import keep_mask
-from fusion_train.merge.registry import MergeMethod, TensorTask, register
-from fusion_train.merge.task_arithmetic import generalized_task_arithmetic, gta_params
+from fusion_train.merge.task_arithmetic import GeneralizedTaskArithmetic, gta_params
+
+if TYPE_CHECKING:
+    import torch
 
 
 def random_drop(delta: torch.Tensor, density: float, rescale: bool, key: int = 0) -> torch.Tensor:
     """Keep each entry with probability ``density`` (the Bernoulli mask of stream ``key``,
     :func:`fusion_train.merge.rng.keep_mask`), optionally L1-rescaled.
     Works in place on ``delta`` (callers pass their own scratch copy) and returns it."""
+    import torch
+
     if density >= 1:
         return delta
     if density <= 0:
@@ -34,20 +39,19 @@ def random_drop(delta: torch.Tensor, density: float, rescale: bool, key: int = 0
 
 
 @register
-class DareTies(MergeMethod):
+class DareTies(GeneralizedTaskArithmetic):
     name = "dare_ties"
     description = "random drop + rescale, sign consensus"
     params = gta_params(normalize=False, rescale=True, density=True)
-
-    def merge(self, task: TensorTask) -> torch.Tensor:
-        return generalized_task_arithmetic(task, consensus=True, sparsify=random_drop, native_kind="random")
+    consensus = True
+    sparsify = staticmethod(random_drop)
+    sparsify_kind = "random"
 
 
 @register
-class DareLinear(MergeMethod):
+class DareLinear(GeneralizedTaskArithmetic):
     name = "dare_linear"
     description = "random drop + rescale, weighted sum"
     params = gta_params(normalize=False, rescale=True, density=True)
-
-    def merge(self, task: TensorTask) -> torch.Tensor:
-        return generalized_task_arithmetic(task, consensus=False, sparsify=random_drop, native_kind="random")
+    sparsify = staticmethod(random_drop)
+    sparsify_kind = "random"

@@ -2,7 +2,9 @@
 
 Reading: :class:`CheckpointReader` parses the safetensors headers of a model folder
 (``model.safetensors`` or ``model.safetensors.index.json`` + shards) and memory-maps one
-tensor's bytes at a time (zero copy), so a tensor is only paged in when it is used.
+tensor's bytes at a time (zero copy), so a tensor is only paged in when it is used: as a numpy
+array (:meth:`CheckpointReader.get_array`, torch-free) or a torch tensor viewing it (``get``).
+Dtypes are :class:`fusion_train.merge.dtypes.DType`; torch is imported only for torch tensors.
 
 Writing: the output layout (which tensor goes to which shard, at which byte offset) is fully
 determined by names, shapes and the output dtype, so :func:`plan_shards` fixes it before any math
@@ -20,48 +22,18 @@ import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import torch
+import numpy as np
+
+from fusion_train.merge.dtypes import BY_CODE, DTYPE_NAMES, DType, as_dtype, parse_dtype  # noqa: F401 (re-exported)
 from tokalign.errors import TokalignError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
-# safetensors dtype codes <-> torch dtypes (the subset that checkpoints use).
-_ST_DTYPES: Dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_TORCH_TO_ST = {v: k for k, v in _ST_DTYPES.items()}
-
-DTYPE_NAMES: Dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
 # Files that carry weights in another format; never copied from the base.
 _WEIGHT_FILE = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.h5|\.msgpack|\.gguf)$|safetensors\.index\.json$|bin\.index\.json$")
-
-
-def parse_dtype(name: str, field_name: str = "dtype") -> torch.dtype:
-    """``"bfloat16"`` -> ``torch.bfloat16``; raise TokalignError naming ``field_name`` otherwise."""
-    try:
-        return DTYPE_NAMES[str(name).lower()]
-    except KeyError:
-        raise TokalignError("%s: unknown dtype %r (use one of float32, bfloat16, float16)" % (field_name, name)) from None
 
 
 def parse_size(text) -> int:
@@ -82,7 +54,7 @@ class TensorInfo:
 
     name: str
     shape: Tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType
     file: Path
     start: int = 0  # absolute byte offset of the data in ``file``
     nbytes: int = 0
@@ -149,21 +121,30 @@ class CheckpointReader:
     def names(self) -> List[str]:
         return list(self.infos)
 
-    def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` (its stored dtype, CPU), zero-copy: a private (copy-on-write) memory map
-        of just its bytes, unmapped when the tensor is freed; so reading costs page faults on
-        first touch, no allocation or copy, and resident memory stays bounded by live tensors."""
+    def get_array(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a numpy array in its stored layout (BF16: uint16 bits), zero-copy: a
+        private (copy-on-write) memory map of just its bytes, unmapped when the array is freed; so
+        reading costs page faults on first touch, no allocation or copy, and resident memory stays
+        bounded by live arrays."""
         info = self.infos[name]
+        dtype = info.dtype.storage
         if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=info.dtype)
+            return np.empty(info.shape, dtype=dtype)
         fd = self._fds.get(info.file)
         if fd is None:
             fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
         lead = info.start % mmap.ALLOCATIONGRANULARITY
         mm = mmap.mmap(fd, info.nbytes + lead, access=mmap.ACCESS_COPY, offset=info.start - lead)
         if info.start % info.dtype.itemsize:  # misaligned data (not written by safetensors): copy
-            return torch.frombuffer(bytearray(mm[lead:]), dtype=info.dtype).reshape(info.shape)
-        return torch.frombuffer(mm, dtype=info.dtype, count=info.nbytes // info.dtype.itemsize, offset=lead).reshape(info.shape)
+            return np.frombuffer(bytearray(mm[lead:]), dtype=dtype).reshape(info.shape)
+        return np.frombuffer(mm, dtype=dtype, count=info.nbytes // info.dtype.itemsize, offset=lead).reshape(info.shape)
+
+    def get(self, name: str) -> Any:
+        """Tensor ``name`` as a CPU torch tensor of its stored dtype (a zero-copy view of
+        :meth:`get_array`; imports torch)."""
+        import torch
+
+        return torch.from_numpy(self.get_array(name)).view(self.infos[name].dtype.torch)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -186,7 +167,7 @@ def _read_header(file: Path) -> List[TensorInfo]:
     items.sort(key=lambda kv: kv[1]["data_offsets"][0])
     size = file.stat().st_size
     for name, meta in items:
-        dt = _ST_DTYPES.get(meta.get("dtype"))
+        dt = BY_CODE.get(meta.get("dtype"))
         if dt is None:
             raise TokalignError("%s: tensor %r has unsupported dtype %r" % (file, name, meta.get("dtype")))
         shape = tuple(int(s) for s in meta["shape"])
@@ -207,23 +188,25 @@ class ShardPlan:
     """One output shard: file name and the ordered (name, shape, dtype) entries it will hold."""
 
     file_name: str
-    entries: List[Tuple[str, Tuple[int, ...], torch.dtype]] = field(default_factory=list)
+    entries: List[Tuple[str, Tuple[int, ...], DType]] = field(default_factory=list)
     nbytes: int = 0
 
 
-def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+def _nbytes(shape: Sequence[int], dtype: DType) -> int:
     n = 1
     for s in shape:
         n *= int(s)
     return n * dtype.itemsize
 
 
-def plan_shards(entries: Iterable[Tuple[str, Tuple[int, ...], torch.dtype]], max_shard_bytes: int) -> List[ShardPlan]:
+def plan_shards(entries: Iterable[Tuple[str, Tuple[int, ...], Any]], max_shard_bytes: int) -> List[ShardPlan]:
     """Split tensors (in write order) into shards of at most ``max_shard_bytes`` each (a single
-    tensor larger than the limit gets a shard of its own), named like transformers does."""
+    tensor larger than the limit gets a shard of its own), named like transformers does. Dtypes:
+    anything :func:`fusion_train.merge.dtypes.as_dtype` takes (DType, torch dtype, ``"BF16"``)."""
     shards: List[ShardPlan] = []
     current = ShardPlan("")
     for name, shape, dtype in entries:
+        dtype = as_dtype(dtype)
         size = _nbytes(shape, dtype)
         if current.entries and current.nbytes + size > max_shard_bytes:
             shards.append(current)
@@ -267,7 +250,7 @@ class ShardWriter:
         offset = 0
         for name, shape, dtype in plan.entries:
             size = _nbytes(shape, dtype)
-            header[name] = {"dtype": _TORCH_TO_ST[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            header[name] = {"dtype": dtype.code, "shape": list(shape), "data_offsets": [offset, offset + size]}
             offset += size
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         blob += b" " * ((8 - len(blob) % 8) % 8)  # data starts 8-byte aligned, as safetensors writes it
@@ -275,14 +258,23 @@ class ShardWriter:
         self._fh.write(struct.pack("<Q", len(blob)))
         self._fh.write(blob)
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
+    def add(self, name: str, tensor: Any) -> None:
+        """Append the next planned tensor: a numpy array in the planned dtype's stored layout
+        (:class:`fusion_train.merge.dtypes.DType`, BF16 as uint16 bits) or a torch tensor of that dtype."""
         exp_name, exp_shape, exp_dtype = self.plan.entries[self._next]
-        if name != exp_name or tuple(tensor.shape) != exp_shape or tensor.dtype != exp_dtype:
+        if isinstance(tensor, np.ndarray):
+            ok_dtype = tensor.dtype == exp_dtype.storage
+            data = np.ascontiguousarray(tensor)
+        else:  # a torch tensor: its bytes, viewed as uint8 (numpy has no bfloat16)
+            import torch
+
+            ok_dtype = tensor.dtype == exp_dtype.torch
+            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        if name != exp_name or tuple(tensor.shape) != exp_shape or not ok_dtype:
             raise RuntimeError("shard writer: expected %s %s %s, got %s %s %s"
                                % (exp_name, exp_shape, exp_dtype, name, tuple(tensor.shape), tensor.dtype))
-        t = tensor.detach().to("cpu").contiguous()
-        if t.numel():
-            self._fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        if data.size:
+            self._fh.write(memoryview(data.reshape(-1).view(np.uint8)))
         self._next += 1
 
     def close(self, complete: bool = True) -> None:
@@ -300,7 +292,7 @@ class ShardWriter:
         self.close(complete=exc_type is None)
 
 
-def copy_side_files(base_dir: Path, out_dir: Path, out_dtype: Optional[torch.dtype]) -> List[str]:
+def copy_side_files(base_dir: Path, out_dir: Path, out_dtype: Optional[DType]) -> List[str]:
     """Copy config, tokenizer, generation config and other non-weight files from the base model.
 
     ``config.json``'s dtype field is rewritten to the output dtype (so loaders pick the right one).
@@ -313,7 +305,7 @@ def copy_side_files(base_dir: Path, out_dir: Path, out_dtype: Optional[torch.dty
         dst = Path(out_dir) / src.name
         if src.name == "config.json" and out_dtype is not None:
             cfg = json.loads(src.read_text())
-            name = str(out_dtype).replace("torch.", "")
+            name = as_dtype(out_dtype).name
             for key in ("torch_dtype", "dtype"):
                 if key in cfg:
                     cfg[key] = name

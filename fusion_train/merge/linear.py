@@ -1,13 +1,21 @@
 """Linear (weighted-average) merging, mergekit's semantics: sum_j w_j theta_j, divided by
 sum_j w_j when ``normalize`` (default). Only the listed models take part: the base supplies
 config/tokenizer, and joins the average only if it is also listed among the models. On CPU: one
-native sweep (:func:`fusion_train.merge.native.linear_merge`)."""
+native sweep (:func:`fusion_train.merge.native.linear_merge`), torch-free."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, List, Optional
 
 from fusion_train.merge import native
 from fusion_train.merge.registry import PER_MODEL, SHARED, MergeMethod, ParamSpec, TensorTask, register
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+def _weights(task: TensorTask) -> List[float]:
+    return [float(mp["weight"]) for mp in task.model_params]
 
 
 @register
@@ -20,10 +28,18 @@ class Linear(MergeMethod):
     )
     uses_base = False
 
+    def merge_array(self, task: TensorTask) -> Optional[np.ndarray]:
+        if not native.usable(task.models):
+            return None
+        return native.linear_merge(task.models, _weights(task), bool(task.params["normalize"]), out=task.out)
+
     def merge(self, task: TensorTask) -> torch.Tensor:
-        weights = [float(mp["weight"]) for mp in task.model_params]
-        if native.enabled() and native.applicable(task.models):
-            return native.linear_merge(task.models, weights, bool(task.params["normalize"]))
+        fast = self.native_torch(task)
+        if fast is not None:
+            return fast
+        import torch
+
+        weights = _weights(task)
         out = torch.zeros_like(task.models[0])
         for tensor, w in zip(task.models, weights):
             out.add_(tensor, alpha=w)

@@ -13,8 +13,10 @@ per-(tensor, model) ``torch.Generator``; merges made then are not reproduced bit
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where the torch path runs, not for the native one
+    import torch
 
 GAMMA = 0x9E3779B97F4A7C15  # golden-ratio increment of splitmix64
 MIX1 = 0xBF58476D1CE4E5B9
@@ -47,6 +49,8 @@ def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
 def pair_bits(key: int, first_pair: int, n_pairs: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """int64 tensor of the 64-bit words of pairs ``first_pair .. first_pair + n_pairs - 1``
     (int64 arithmetic wraps modulo 2^64, which is what the unsigned splitmix64 needs)."""
+    import torch
+
     z = torch.arange(first_pair + 1, first_pair + n_pairs + 1, dtype=torch.int64, device=device)
     z = z * _signed(GAMMA) + _signed(key)
     z = (z ^ _shr(z, 30)) * _signed(MIX1)
@@ -56,12 +60,16 @@ def pair_bits(key: int, first_pair: int, n_pairs: int, device: torch.device | st
 
 def uniforms32(key: int, numel: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """int64 tensor [numel] of the elements' 32-bit uniforms (values in [0, 2^32))."""
+    import torch
+
     bits = pair_bits(key, 0, (numel + 1) // 2, device)
     return torch.stack([bits & 0xFFFF_FFFF, _shr(bits, 32)], dim=1).reshape(-1)[:numel]
 
 
 def keep_mask(key: int, density: float, numel: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """bool tensor [numel]: element i kept (its uniform is below ``keep_below(density)``)."""
+    import torch
+
     below = keep_below(density)
     out = torch.empty(numel, dtype=torch.bool, device=device)
     n_pairs = (numel + 1) // 2

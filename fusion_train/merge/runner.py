@@ -5,6 +5,10 @@ plan output shards -> optional statistics pass (VaRM model/layer) -> for each ou
 each tensor: read it from every input (memory-mapped), fp32 on the device, NaN/Inf check, merge,
 cast, append to the shard file -> index + side files -> rename the temp folder to ``out``.
 
+Two tensor paths with the same results: :class:`ArrayPath` (CPU, methods with a native kernel,
+kernels on; numpy arrays read in place from the memory maps, torch is never imported) and
+:class:`TorchPath` (``--device cuda``, methods without a kernel, ``TOKALIGN_MERGE_NATIVE=0``).
+
 The work happens in ``<out parent>/.<out name>.merge-tmp``; each finished shard is renamed from
 ``.part``. Re-running the same merge after an interruption resumes: finished shards are kept when
 the plan fingerprint (config, options, input file sizes and mtimes) is unchanged.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -27,12 +32,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
+import numpy as np
 
+from fusion_train.merge import native
 from fusion_train.merge.config import MergeConfig
-from fusion_train.merge.io import CheckpointReader, ShardWriter, copy_side_files, parse_dtype, plan_shards, write_index
-from fusion_train.merge.registry import MergeMethod, TensorTask
-from fusion_train.merge.varm import layer_of
+from fusion_train.merge.dtypes import DType, from_float32, parse_dtype, to_float32
+from fusion_train.merge.io import CheckpointReader, ShardWriter, copy_side_files, plan_shards, write_index
+from fusion_train.merge.registry import MergeMethod, TensorTask, layer_of
 from tokalign.errors import TokalignError
 
 VOCAB_POLICIES = ("refuse", "truncate")
@@ -46,6 +52,7 @@ class MergeOptions:
     """Execution options (none of them changes the math except ``seed`` for DARE)."""
 
     device: str = "cpu"
+    threads: int = 0  # CPU threads of the kernels and torch; 0 = their default
     max_shard_bytes: int = 2_000_000_000
     overwrite: bool = False
     vocab_policy: str = "refuse"
@@ -122,6 +129,86 @@ def _check_inputs(ref: CheckpointReader, ref_label: str, others: List[Tuple[str,
     return truncate
 
 
+def _nonfinite(label: str, name: str) -> TokalignError:
+    return TokalignError("%s: tensor %r contains NaN or Inf values" % (label, name))
+
+
+class ArrayPath:
+    """CPU without torch: fp32 numpy arrays (F32 inputs are the memory maps themselves), merged by
+    :meth:`MergeMethod.merge_array` (native kernels) into one reused output buffer (sized for the
+    largest tensor: no fresh pages to fault in per tensor; each result is written out before the
+    next merge)."""
+
+    device = "cpu"
+
+    def __init__(self, max_numel: int):
+        self._out = np.empty(max_numel, dtype=np.float32)
+
+    def out_buffer(self, shape: Tuple[int, ...]) -> np.ndarray:
+        return self._out[:math.prod(shape)].reshape(shape)
+
+    def load(self, reader: CheckpointReader, label: str, name: str, rows: Optional[int]) -> np.ndarray:
+        a = reader.get_array(name)
+        if rows is not None:
+            a = a[:rows]
+        a = np.ascontiguousarray(to_float32(a, reader.infos[name].dtype))
+        # a NaN/Inf makes the sum non-finite: one fast reduction, the exact check only then
+        if not np.isfinite(a.sum()) and not np.isfinite(a).all():
+            raise _nonfinite(label, name)
+        return a
+
+    def merge(self, method: MergeMethod, task: TensorTask) -> np.ndarray:
+        out = method.merge_array(task)
+        if out is None:  # the kernels cannot take it (e.g. >= 2^32 elements): the torch code, same arrays
+            import torch
+
+            views = task.with_tensors(None if task.base is None else torch.from_numpy(task.base),
+                                      [torch.from_numpy(m) for m in task.models])
+            out = method.merge(views).numpy()
+        return out
+
+    def store(self, merged: np.ndarray, dtype: DType) -> np.ndarray:
+        return from_float32(merged, dtype)
+
+    def raw(self, reader: CheckpointReader, name: str) -> np.ndarray:
+        return reader.get_array(name)
+
+
+class TorchPath:
+    """fp32 torch tensors on ``device``, merged by :meth:`MergeMethod.merge`."""
+
+    def __init__(self, device: str, threads: int):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TokalignError("--device %s: CUDA is not available in this torch build / machine" % device)
+        if threads:
+            torch.set_num_threads(threads)
+
+    def load(self, reader: CheckpointReader, label: str, name: str, rows: Optional[int]) -> Any:
+        t = reader.get(name)
+        if rows is not None:
+            t = t[:rows]
+        t = t.to(device=self.device, dtype=self.torch.float32)
+        if not bool(self.torch.isfinite(t.sum())) and not bool(self.torch.isfinite(t).all()):
+            raise _nonfinite(label, name)
+        return t
+
+    def out_buffer(self, shape: Tuple[int, ...]) -> None:
+        return None
+
+    def merge(self, method: MergeMethod, task: TensorTask) -> Any:
+        return method.merge(task)
+
+    def store(self, merged: Any, dtype: DType) -> Any:
+        return merged.to(dtype.torch)
+
+    def raw(self, reader: CheckpointReader, name: str) -> Any:
+        return reader.get(name)
+
+
 def _fingerprint(cfg: MergeConfig, opts: MergeOptions, readers: List[CheckpointReader], plan_files: List[str]) -> str:
     files = []
     for r in readers:
@@ -148,11 +235,9 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
     out = Path(out)
     _prepare_out(out, opts.overwrite)
     t0 = time.perf_counter()
-    device = torch.device(opts.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TokalignError("--device %s: CUDA is not available in this torch build / machine" % opts.device)
-
     method_cls = cfg.method_class()
+    native.set_num_threads(opts.threads)
+    use_arrays = opts.device == "cpu" and method_cls.has_native() and not method_cls.needs_statistics and native.enabled()
     method: MergeMethod = method_cls(cfg.shared_values("", 0.0))
     base_reader = CheckpointReader(cfg.base) if cfg.base is not None else None
     model_readers = [CheckpointReader(m.path) for m in cfg.models]
@@ -162,10 +247,12 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
                                               enumerate(zip(cfg.models, model_readers))], opts.vocab_policy)
     out_dtype = parse_dtype(cfg.out_dtype, "dtype") if cfg.out_dtype else None
 
-    def target_dtype(dt: torch.dtype) -> torch.dtype:
+    def target_dtype(dt: DType) -> DType:
         return out_dtype if (out_dtype is not None and dt.is_floating_point) else dt
 
     entries = [(name, info.shape, target_dtype(info.dtype)) for name, info in ref.infos.items()]
+    path = (ArrayPath(max([math.prod(i.shape) for i in ref.infos.values() if i.dtype.is_floating_point], default=0))
+            if use_arrays else TorchPath(opts.device, opts.threads))
     shards = plan_shards(entries, opts.max_shard_bytes)
     n_layers = int((ref.config or {}).get("num_hidden_layers") or 0) or (
         max([layer_of(n) for n in ref.infos if layer_of(n) is not None], default=-1) + 1)
@@ -190,24 +277,16 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
         layer = layer_of(name)
         return layer / (n_layers - 1) if (layer is not None and n_layers > 1) else 0.0
 
-    def load(reader: CheckpointReader, label: str, name: str, rows: Optional[int] = None) -> torch.Tensor:
-        t = reader.get(name)
-        if rows is not None:
-            t = t[:rows]
-        t = t.to(device=device, dtype=torch.float32)
-        # a NaN/Inf makes the sum non-finite: one fast reduction, the exact check only then
-        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-            raise TokalignError("%s: tensor %r contains NaN or Inf values" % (label, name))
-        return t
-
     def make_task(name: str) -> TensorTask:
         t = depth(name)
-        base_t = load(base_reader, "base_model %s" % cfg.base, name) if (base_reader is not None and method_cls.uses_base) else None
-        models = [load(r, "models[%d] %s" % (j, cfg.models[j].path), name, truncate.get((j, name)))
+        base_t = (path.load(base_reader, "base_model %s" % cfg.base, name, None)
+                  if (base_reader is not None and method_cls.uses_base) else None)
+        models = [path.load(r, "models[%d] %s" % (j, cfg.models[j].path), name, truncate.get((j, name)))
                   for j, r in enumerate(model_readers)]
         task = TensorTask(name=name, base=base_t, models=models,
                           model_params=[cfg.model_values(j, name, t) for j in range(len(models))],
-                          params=cfg.shared_values(name, t), seed=opts.seed, layer=layer_of(name))
+                          params=cfg.shared_values(name, t), seed=opts.seed, layer=layer_of(name),
+                          out=path.out_buffer(ref.infos[name].shape))
         return task
 
     from tqdm.auto import tqdm
@@ -225,18 +304,18 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
                 resumed += 1
                 bar.update(len(shard.entries))
                 written += shard.nbytes
-                n_params += sum(int(torch.Size(s).numel()) for _, s, _ in shard.entries)
+                n_params += sum(math.prod(s) for _, s, _ in shard.entries)
                 n_merged += sum(1 for n, _, _ in shard.entries if ref.infos[n].dtype.is_floating_point)
                 continue
             with ShardWriter(tmp, shard) as writer:
                 for name, shape, dtype in shard.entries:
                     if ref.infos[name].dtype.is_floating_point:
-                        merged = method.merge(make_task(name))
+                        merged = path.store(path.merge(method, make_task(name)), dtype)
                         n_merged += 1
                     else:  # integer buffers are not merged: copied from the reference
-                        merged = ref.get(name)
-                    writer.add(name, merged.to(dtype))
-                    n_params += merged.numel()
+                        merged = path.raw(ref, name)
+                    writer.add(name, merged)
+                    n_params += math.prod(shape)
                     bar.update(1)
                     del merged
             written += shard.nbytes
@@ -250,7 +329,7 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
     seconds = time.perf_counter() - t0
     summary = MergeSummary(method=cfg.method, out=str(out), n_models=len(cfg.models), n_tensors=len(entries),
                            n_merged=n_merged, n_params=n_params, n_shards=len(shards), bytes_written=written,
-                           seconds=round(seconds, 3), device=str(device), resumed_shards=resumed,
+                           seconds=round(seconds, 3), device=str(path.device), resumed_shards=resumed,
                            truncated=sorted({n for _, n in truncate}))
     (tmp / CONFIG_FILE).write_text(json.dumps({"config": cfg.to_dict(), "options": asdict(opts),
                                                "summary": summary.to_dict()}, indent=2, default=str) + "\n")

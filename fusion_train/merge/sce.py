@@ -16,24 +16,30 @@ Two published variants differ in what the selection mask touches (``variant``):
 ``mergekit`` (mergekit >= 0.1.5, ``merge_methods/sce.py``): the masked deltas are what gets
     sign-elected and merged; uniform eta when the sum is below 1e-6; divisor clamped to >= 1e-6.
 
-On CPU the method runs as native kernels (:func:`fusion_train.merge.native.sce_merge`: variances,
-exact radix-select threshold, energies in double, fused erase/merge); the torch code below is the
-reference and the path for other devices.
+On CPU the method runs as native kernels on numpy arrays (:func:`fusion_train.merge.native.sce_merge`:
+variances, exact radix-select threshold, energies in double, fused erase/merge; no torch); the torch
+code below is the reference and the path for other devices.
 
 tau defaults to 0.1 here (the FuseChat setting) whichever the variant; mergekit's own default is
 1.0 (no selection), so pass ``select_topk`` explicitly when reproducing a mergekit config.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from fusion_train.merge import native
 from fusion_train.merge.registry import SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 def population_variance(deltas: torch.Tensor) -> torch.Tensor:
     """Variance across models (dim 0, biased), two-pass: far faster than ``torch.var(dim=0)`` on
     CPU, where that reduction runs along the strided model axis."""
+    import torch
+
     n = deltas.shape[0]
     mean = deltas.sum(dim=0).div_(n)
     var = torch.zeros_like(mean)
@@ -51,6 +57,8 @@ def variance_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:
     ``torch.topk`` selection unless values tie exactly at the threshold (then all are kept). On CPU
     the threshold comes from the native radix select (the value ``torch.kthvalue`` would return).
     """
+    import torch
+
     shape = deltas.shape[1:]
     if density <= 0:
         return torch.zeros(shape, dtype=torch.bool, device=deltas.device)
@@ -61,8 +69,8 @@ def variance_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:
     if k == 0:
         return torch.zeros(shape, dtype=torch.bool, device=deltas.device)
     flat = var.reshape(-1)
-    if native.enabled() and native.applicable([flat]):  # exact radix select, same value as kthvalue
-        threshold = native.kth_largest(flat, k)
+    if flat.device.type == "cpu" and native.usable([flat.numpy()]):  # exact radix select, same value as kthvalue
+        threshold = native.kth_largest(flat.numpy(), k)
     else:
         threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
     return var >= threshold
@@ -71,6 +79,8 @@ def variance_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:
 def _erase_merge(deltas: torch.Tensor, eta, total: torch.Tensor, clamp: bool) -> torch.Tensor:
     """sum_j eta_j d_j over entries whose sign agrees with sign(total) (0 -> +), divided by the
     kept eta (clamped to >= 1e-6 when ``clamp``, else 0 -> 1). ``total`` is overwritten."""
+    import torch
+
     elected = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
     num = torch.zeros_like(total)
     den = total.zero_()
@@ -88,6 +98,8 @@ def _erase_merge(deltas: torch.Tensor, eta, total: torch.Tensor, clamp: bool) ->
 
 
 def sce_mergekit(base: torch.Tensor, deltas: torch.Tensor, tau: float) -> torch.Tensor:
+    import torch
+
     n = deltas.shape[0]
     if tau < 1:
         deltas.mul_(variance_mask(deltas, tau))
@@ -98,6 +110,8 @@ def sce_mergekit(base: torch.Tensor, deltas: torch.Tensor, tau: float) -> torch.
 
 
 def sce_fusechat(base: torch.Tensor, deltas: torch.Tensor, tau: float) -> torch.Tensor:
+    import torch
+
     n = deltas.shape[0]
     if tau < 1:
         mask = variance_mask(deltas, tau)
@@ -122,11 +136,19 @@ class Sce(MergeMethod):
         ParamSpec("int8_mask", False, SHARED, bool, help="accepted for mergekit compatibility; no effect"),
     )
 
+    def merge_array(self, task: TensorTask) -> Optional[np.ndarray]:
+        assert task.base is not None
+        if not native.usable([task.base] + list(task.models)):
+            return None
+        return native.sce_merge(task.base, task.models, float(task.params["select_topk"]), task.params["variant"],
+                                out=task.out)
+
     def merge(self, task: TensorTask) -> torch.Tensor:
+        fast = self.native_torch(task)
+        if fast is not None:
+            return fast
         assert task.base is not None
         tau = float(task.params["select_topk"])
-        if native.enabled() and native.applicable([task.base] + list(task.models)):
-            return native.sce_merge(task.base, task.models, tau, task.params["variant"])
         deltas = stack_deltas(task.base, task.models)
         if task.params["variant"] == "mergekit":
             return sce_mergekit(task.base, deltas, tau)

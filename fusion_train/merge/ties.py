@@ -3,10 +3,13 @@ fraction of |delta| (at least one entry), weight, elect signs on the weighted su
 disagreeing entries, divide by the kept weights (``normalize``, default on)."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from fusion_train.merge.registry import MergeMethod, TensorTask, register
-from fusion_train.merge.task_arithmetic import generalized_task_arithmetic, gta_params, rescale_l1
+from fusion_train.merge.registry import register
+from fusion_train.merge.task_arithmetic import GeneralizedTaskArithmetic, gta_params, rescale_l1
+
+if TYPE_CHECKING:
+    import torch
 
 
 def magnitude_topk(delta: torch.Tensor, density: float, rescale: bool, key: int = 0) -> torch.Tensor:
@@ -16,6 +19,8 @@ def magnitude_topk(delta: torch.Tensor, density: float, rescale: bool, key: int 
     the same unless several entries tie exactly at the threshold (then all of them are kept). The
     native kernel finds the same threshold by radix select (:mod:`fusion_train.merge.native`).
     """
+    import torch
+
     if density >= 1:
         return delta
     n = delta.numel()
@@ -29,10 +34,10 @@ def magnitude_topk(delta: torch.Tensor, density: float, rescale: bool, key: int 
 
 
 @register
-class Ties(MergeMethod):
+class Ties(GeneralizedTaskArithmetic):
     name = "ties"
     description = "trim by magnitude (density), elect sign, disjoint mean"
     params = gta_params(normalize=True, rescale=False, density=True)
-
-    def merge(self, task: TensorTask) -> torch.Tensor:
-        return generalized_task_arithmetic(task, consensus=True, sparsify=magnitude_topk, native_kind="magnitude")
+    consensus = True
+    sparsify = staticmethod(magnitude_topk)
+    sparsify_kind = "magnitude"

@@ -23,20 +23,11 @@ its delta is 0 and so is its weight unless all deltas are 0).
 """
 from __future__ import annotations
 
-import re
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
-from fusion_train.merge.registry import SHARED, MergeMethod, ParamSpec, TensorTask, register, stack_deltas
-
-_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
-
-
-def layer_of(name: str) -> Optional[int]:
-    """Transformer block index in a tensor name (``model.layers.3.mlp...`` -> 3), else None."""
-    m = _LAYER.search(name)
-    return int(m.group(1)) if m else None
+from fusion_train.merge.registry import SHARED, MergeMethod, ParamSpec, TensorTask, layer_of, register, stack_deltas
 
 
 def variation_weights(sq_sums: List[float], counts: List[int]) -> List[float]:

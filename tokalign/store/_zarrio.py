@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import zarr
 import zarr.codecs
@@ -63,14 +63,30 @@ def exists(url: StoreURL, storage_options: Optional[Dict[str, Any]] = None) -> b
         return False
 
 
-def compressor(clevel: int, dtype: str):
-    """Blosc/zstd with byte shuffle: separates the high and low bytes of ids and 16-bit logits."""
+def compressor(clevel: int, dtype: str, cname: str = "zstd"):
+    """Blosc (zstd or lz4) with byte shuffle: separates the high and low bytes of ids and 16-bit logits."""
     shuffle = "noshuffle" if dtype in ("bool", "uint8", "int8", "str") else "shuffle"
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=int(clevel), shuffle=shuffle)
+    return zarr.codecs.BloscCodec(cname=cname, clevel=int(clevel), shuffle=shuffle)
+
+
+def resize_many(arrays: Sequence[zarr.Array], shapes: Sequence[Tuple[int, ...]]) -> None:
+    """Resize several arrays in one event-loop call (each resize writes a metadata object)."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    todo = [(a, tuple(s)) for a, s in zip(arrays, shapes) if tuple(a.shape) != tuple(s)]
+    if not todo:
+        return
+
+    async def gather() -> None:
+        await asyncio.gather(*(a.async_array.resize(s) for a, s in todo))
+
+    sync(gather())
 
 
 def create_array(group: zarr.Group, name: str, dtype: str, tail: Tuple[int, ...], length: int,
-                 chunk: int, shard: int, clevel: int) -> zarr.Array:
+                 chunk: int, shard: int, clevel: int, cname: str = "zstd") -> zarr.Array:
     """A growable array chunked (and sharded) along its first axis."""
     shape = (int(length),) + tuple(tail)
     chunks = (int(chunk),) + tuple(tail)
@@ -79,7 +95,7 @@ def create_array(group: zarr.Group, name: str, dtype: str, tail: Tuple[int, ...]
         return group.create_array(name, shape=shape, dtype=str, chunks=chunks, shards=shards,
                                   compressors=zarr.codecs.ZstdCodec(level=int(clevel)), fill_value="")
     return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
-                              compressors=compressor(clevel, dtype), fill_value=0)
+                              compressors=compressor(clevel, dtype, cname), fill_value=0)
 
 
 def stored_bytes(group: zarr.Group) -> int:

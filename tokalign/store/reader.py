@@ -6,16 +6,21 @@ id and batched iteration over whole sequences (one contiguous read per array per
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
+import zarr
 
 from ..errors import TokalignError
-from . import _zarrio
+from . import _shards, _zarrio
 from .schema import PART_RE, StoreSchema, bf16_bits_to_float32, part_name
 
 OUTPUTS = ("numpy", "torch")
+#: decode threads of a reader (blosc releases the GIL); TOKALIGN_STORE_THREADS overrides
+DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _read_many(arrays: Sequence[Any], lo: int, hi: int) -> List[np.ndarray]:
@@ -37,10 +42,29 @@ def _read_many(arrays: Sequence[Any], lo: int, hi: int) -> List[np.ndarray]:
     return [np.asarray(x) for x in sync(gather())]
 
 
+_PER_SAMPLE = ("offsets", "seq_ce", "valid", "nonfinite")  # loaded at open (a few bytes per sample)
+
+
+def _read_prefixes(arrays: Sequence[Any], lengths: Sequence[int]) -> List[np.ndarray]:
+    """The first ``lengths[i]`` rows of each array, all fetched in one event-loop call."""
+    handles = [getattr(a, "_async_array", None) for a in arrays]
+    if any(h is None for h in handles):
+        return [np.asarray(a[:n]) for a, n in zip(arrays, lengths)]
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def gather() -> List[Any]:
+        return list(await asyncio.gather(*(h.getitem(slice(0, int(n))) for h, n in zip(handles, lengths))))
+
+    return [np.asarray(x) for x in sync(gather())]
+
+
 class _Part:
     """One part's arrays and its committed extent (rows past the commit are ignored)."""
 
-    def __init__(self, name: str, group, schema: StoreSchema) -> None:
+    def __init__(self, name: str, group, schema: StoreSchema, arrays: Optional[Dict[str, Any]] = None,
+                 sample_rows: Optional[Dict[str, np.ndarray]] = None) -> None:
         self.name = name
         self.group = group
         attrs = group.attrs.asdict()
@@ -49,19 +73,32 @@ class _Part:
         self.committed = dict(committed)
         self.num_samples = int(committed.get("samples", 0))
         self.num_tokens = int(committed.get("tokens", 0))
-        self.arrays = {name: group[name] for name in list(schema.token_array_specs()) + list(schema.sample_array_specs())}
+        names = list(schema.token_array_specs()) + list(schema.sample_array_specs())
+        arrays = arrays or {}
+        self.arrays = {n: arrays[n] if n in arrays else group[n] for n in names}
         s = self.num_samples
-        self.offsets = np.asarray(self.arrays["offsets"][: s + 1], dtype=np.int64)
+        if sample_rows is None:
+            sample_rows = dict(zip(_PER_SAMPLE, _read_prefixes([self.arrays[n] for n in _PER_SAMPLE],
+                                                                [s + 1, s, s, s])))
+        self.offsets = np.asarray(sample_rows["offsets"], dtype=np.int64)
         if len(self.offsets) != s + 1 or int(self.offsets[-1]) != self.num_tokens:
             raise TokalignError("store part %s is corrupt: offsets do not end at the %d committed tokens"
                                 % (name, self.num_tokens))
-        self.seq_ce = np.asarray(self.arrays["seq_ce"][:s], dtype=np.float32)
-        self.valid = np.asarray(self.arrays["valid"][:s], dtype=bool)
-        self.nonfinite = np.asarray(self.arrays["nonfinite"][:s], dtype=np.int32)
+        self.seq_ce = np.asarray(sample_rows["seq_ce"], dtype=np.float32)
+        self.valid = np.asarray(sample_rows["valid"], dtype=bool)
+        self.nonfinite = np.asarray(sample_rows["nonfinite"], dtype=np.int32)
         self._ids: Optional[np.ndarray] = None
+        # direct (zarr-free) read layouts of the token arrays; None for an array zarr must read
+        self.layouts = {n: _shards.ShardLayout.from_array(self.arrays[n]) for n in schema.token_array_specs()}
+        # shard indexes never change once a part is complete: cache them (an open part may still be rewritten)
+        self.index_cache: Optional[Dict[Any, np.ndarray]] = {} if self.complete else None
         # last decoded chunk-aligned token block (lo, hi, arrays): zarr decodes whole chunks anyway, so keeping
         # the block makes neighbouring random accesses (by index or id, in store order) free
         self.block: Optional[tuple] = None
+
+    def num_tokens_stored(self, name: str) -> int:
+        """Rows array ``name`` has (the committed rows, possibly more while a writer is running)."""
+        return int(self.arrays[name].shape[0])
 
     @property
     def sample_ids(self) -> np.ndarray:
@@ -75,7 +112,7 @@ class StoreReader:
     """All parts of a store as one indexable collection of samples (see :func:`open_store`)."""
 
     def __init__(self, url: Union[str, Path], root, schema: StoreSchema, parts: List[_Part], *,
-                 complete: bool, output: str = "numpy") -> None:
+                 complete: bool, output: str = "numpy", direct: bool = True, threads: Optional[int] = None) -> None:
         if output not in OUTPUTS:
             raise TokalignError("output must be one of %s, got %r" % (", ".join(OUTPUTS), output))
         self.url = str(url)
@@ -90,6 +127,11 @@ class StoreReader:
         self._id_index: Optional[Dict[str, int]] = None
         self._token_names = list(schema.token_array_specs())
         self.extra_names = [e.name for e in schema.extras]
+        #: read token rows without zarr's pipeline where the layout allows (see _shards); False: always zarr
+        self.direct = bool(direct) and os.environ.get("TOKALIGN_STORE_DIRECT", "1") != "0"
+        self.threads = int(threads or os.environ.get("TOKALIGN_STORE_THREADS") or DEFAULT_THREADS)
+        self._io = _shards.ByteIO(root.store) if self.direct else None
+        self._pool: Optional[ThreadPoolExecutor] = None
 
     # -- sizes ------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -185,7 +227,8 @@ class StoreReader:
 
     def iter_batches(self, batch_size: int = 256, *, max_tokens: Optional[int] = None, start: int = 0,
                      stop: Optional[int] = None, packed: bool = False, only_valid: bool = False,
-                     fields: Optional[Sequence[str]] = None, output: Optional[str] = None) -> Iterator[Any]:
+                     fields: Optional[Sequence[str]] = None, output: Optional[str] = None,
+                     prefetch: int = 1) -> Iterator[Any]:
         """Batches of whole sequences in store order.
 
         A batch has at most ``batch_size`` samples and, with ``max_tokens``, at most that many tokens (a
@@ -193,6 +236,8 @@ class StoreReader:
         dicts, or with ``packed=True`` one dict of concatenated token arrays plus ``offsets`` [B+1],
         ``sample_id`` list, ``seq_ce`` / ``valid`` [B]. ``only_valid`` drops samples with NaN/Inf values.
         ``fields`` limits the token arrays read (e.g. ``["topk_ids", "topk_logits", "logsumexp"]``).
+        ``prefetch``: batches read ahead on a background thread while the caller works on the current one
+        (0: read in the caller's thread).
         """
         if batch_size <= 0:
             raise TokalignError("batch_size must be positive")
@@ -201,6 +246,37 @@ class StoreReader:
         if unknown:
             raise TokalignError("unknown token field(s) %s; this store has %s" % (", ".join(unknown),
                                                                                 ", ".join(self._token_names)))
+        carry = _shards.Carry()  # consecutive batches share their boundary chunks: decode each chunk once
+
+        def read(r: tuple) -> Dict[str, np.ndarray]:
+            part, _, _, lo, hi = r
+            return self._read_tokens(part, lo, hi, names, carry)
+
+        ranges = self._batch_ranges(batch_size, max_tokens, start, stop)
+        if prefetch > 0:
+            # one reader thread keeps the reads in order (the carry needs that); up to `prefetch` ahead
+            from collections import deque
+
+            ahead = ThreadPoolExecutor(1, thread_name_prefix="tokalign-prefetch")
+            queue: deque = deque()
+            try:
+                for r in ranges:
+                    queue.append((r, ahead.submit(read, r)))
+                    if len(queue) > prefetch:
+                        r0, fut = queue.popleft()
+                        yield self._make_batch(r0, fut.result(), packed, only_valid, output)
+                while queue:
+                    r0, fut = queue.popleft()
+                    yield self._make_batch(r0, fut.result(), packed, only_valid, output)
+            finally:
+                ahead.shutdown(wait=False, cancel_futures=True)
+        else:
+            for r in ranges:
+                yield self._make_batch(r, read(r), packed, only_valid, output)
+
+    def _batch_ranges(self, batch_size: int, max_tokens: Optional[int], start: int,
+                      stop: Optional[int]) -> Iterator[tuple]:
+        """(part, j, j_end, lo, hi) per batch: samples [j, j_end) of part, token rows [lo, hi)."""
         n = len(self)
         stop = n if stop is None else min(int(stop), n)
         i = int(start)
@@ -211,17 +287,19 @@ class StoreReader:
                 limit = part.offsets[j] + int(max_tokens)
                 k = int(np.searchsorted(part.offsets, limit, side="right") - 1)
                 j_end = max(j + 1, min(j_end, k))
-            lo, hi = int(part.offsets[j]), int(part.offsets[j_end])
-            tokens = self._read_tokens(part, lo, hi, names)
-            keep = np.arange(j, j_end)
-            if only_valid:
-                keep = keep[part.valid[j:j_end]]
-            if packed:
-                yield self._convert(self._make_packed(part, keep, tokens, lo, len(keep) == j_end - j), output)
-            else:
-                yield [self._convert(self._make_sample(part, jj, tokens, int(part.offsets[jj]) - lo,
-                                                       int(part.offsets[jj + 1]) - lo), output) for jj in keep]
+            yield part, j, j_end, int(part.offsets[j]), int(part.offsets[j_end])
             i += j_end - j
+
+    def _make_batch(self, r: tuple, tokens: Dict[str, np.ndarray], packed: bool, only_valid: bool,
+                    output: Optional[str]) -> Any:
+        part, j, j_end, lo, _ = r
+        keep = np.arange(j, j_end)
+        if only_valid:
+            keep = keep[part.valid[j:j_end]]
+        if packed:
+            return self._convert(self._make_packed(part, keep, tokens, lo, len(keep) == j_end - j), output)
+        return [self._convert(self._make_sample(part, jj, tokens, int(part.offsets[jj]) - lo,
+                                                int(part.offsets[jj + 1]) - lo), output) for jj in keep]
 
     # -- raw access -------------------------------------------------------------------------------------
     def read_tokens(self, part: Union[int, str], start: int, stop: int,
@@ -238,9 +316,17 @@ class StoreReader:
                                     % (", ".join(unknown), ", ".join(self._token_names)))
         return self._read_tokens(p, int(start), int(stop), None if fields is None else list(fields))
 
-    def _read_tokens(self, part: _Part, lo: int, hi: int, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    def _read_tokens(self, part: _Part, lo: int, hi: int, names: Optional[Sequence[str]] = None,
+                     carry: Optional[_shards.Carry] = None) -> Dict[str, np.ndarray]:
         names = self._token_names if names is None else names
-        raws = _read_many([part.arrays[name] for name in names], lo, hi)
+        layouts = [part.layouts[name] for name in names]
+        if self.direct and all(lay is not None for lay in layouts):
+            if self._pool is None and self.threads > 1:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tokalign-store")
+            raws = _shards.read_rows(layouts, self._io, lo, hi, [part.num_tokens_stored(name) for name in names],
+                                     pool=self._pool, carry=carry, index_cache=part.index_cache)
+        else:
+            raws = _read_many([part.arrays[name] for name in names], lo, hi)
         out: Dict[str, np.ndarray] = {}
         for name, raw in zip(names, raws):
             if name == "topk_logits":
@@ -249,6 +335,12 @@ class StoreReader:
                 raw = raw.astype(np.int32)
             out[name] = raw
         return out
+
+    def close(self) -> None:
+        """Stop the decode threads (also done when the reader is garbage-collected)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     def _make_sample(self, part: _Part, j: int, tokens: Dict[str, np.ndarray], a: int, b: int) -> Dict[str, Any]:
         s = {"sample_id": part.sample_ids[j]}
@@ -303,14 +395,19 @@ class StoreReader:
 
 def store_status(url: Union[str, Path], storage_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Completeness of a store without opening its arrays: {exists, complete, num_parts, parts: {...}}."""
-    if not _zarrio.exists(url, storage_options):
+    try:
+        root = _zarrio.open_root(url, mode="r", storage_options=storage_options)
+    except TokalignError:
         return {"exists": False, "complete": False, "num_parts": 0, "parts": {}, "missing_parts": []}
-    root = _zarrio.open_root(url, mode="r", storage_options=storage_options)
+    return _status(root, {k: root[k] for k in root.group_keys() if PART_RE.match(k)})
+
+
+def _status(root, part_groups: Dict[str, Any]) -> Dict[str, Any]:
     attrs = root.attrs.asdict()
     num_parts = int(attrs.get("num_parts", 0))
     parts = {}
-    for name in sorted(k for k in root.group_keys() if PART_RE.match(k)):
-        a = root[name].attrs.asdict()
+    for name in sorted(part_groups):
+        a = part_groups[name].attrs.asdict()
         c = a.get("committed") or {}
         parts[name] = {"complete": bool(a.get("complete")), "samples": int(c.get("samples", 0)),
                        "tokens": int(c.get("tokens", 0))}
@@ -320,12 +417,17 @@ def store_status(url: Union[str, Path], storage_options: Optional[Dict[str, Any]
 
 
 def open_store(url: Union[str, Path], *, expect_fingerprint: Optional[str] = None, allow_incomplete: bool = False,
-               output: str = "numpy", storage_options: Optional[Dict[str, Any]] = None) -> StoreReader:
+               output: str = "numpy", storage_options: Optional[Dict[str, Any]] = None, direct: bool = True,
+               threads: Optional[int] = None) -> StoreReader:
     """Open a store for reading (any fsspec URL or local path).
 
     Refuses (TokalignError) a store whose tokenizer fingerprint differs from ``expect_fingerprint``, and an
     incomplete store (a part missing or not closed) unless ``allow_incomplete`` — then only committed
     samples are visible. ``output="torch"`` returns torch tensors (torch is imported only then).
+
+    Token rows are decoded without zarr's async pipeline where the array layout allows (``direct=True``,
+    the default; ``direct=False`` or ``TOKALIGN_STORE_DIRECT=0`` always uses zarr), on ``threads`` decode
+    threads (default ``min(4, cores)``; ``TOKALIGN_STORE_THREADS``). Both paths return identical arrays.
     """
     root = _zarrio.open_root(url, mode="r", storage_options=storage_options)
     schema = StoreSchema.from_attrs(root.attrs.asdict(), where=str(url))
@@ -333,7 +435,10 @@ def open_store(url: Union[str, Path], *, expect_fingerprint: Optional[str] = Non
         raise TokalignError("store %s was written with tokenizer fingerprint %s (model %s), expected %s: it belongs "
                             "to a different tokenizer" % (url, schema.tokenizer_fingerprint, schema.model,
                                                           expect_fingerprint))
-    status = store_status(url, storage_options)
+    # every part group and array's metadata in one concurrent listing (instead of one round trip each)
+    members = dict(root.members(max_depth=None))
+    groups = {k: v for k, v in members.items() if PART_RE.match(k) and isinstance(v, zarr.Group)}
+    status = _status(root, groups)
     if not status["complete"] and not allow_incomplete:
         problems = ["%s missing" % m for m in status["missing_parts"]]
         problems += ["%s incomplete (%d samples committed)" % (n, p["samples"])
@@ -341,5 +446,18 @@ def open_store(url: Union[str, Path], *, expect_fingerprint: Optional[str] = Non
         raise TokalignError("store %s is incomplete: %s; resume the writer (StoreWriter.resume(url, part=N), or "
                             "re-run the dump with --resume) or open it with allow_incomplete=True"
                             % (url, "; ".join(problems) or "no parts"))
-    parts = [_Part(name, root[name], schema) for name in sorted(status["parts"])]
-    return StoreReader(url, root, schema, parts, complete=status["complete"], output=output)
+    names = sorted(status["parts"])
+    arrays = {name: {k.split("/", 1)[1]: v for k, v in members.items() if k.startswith(name + "/")
+                     and isinstance(v, zarr.Array)} for name in names}
+    for name in names:
+        missing = [a for a in list(schema.token_array_specs()) + list(schema.sample_array_specs())
+                   if a not in arrays[name]]
+        if missing:
+            raise TokalignError("store %s/%s is corrupt: array(s) %s missing" % (url, name, ", ".join(missing)))
+    counts = [int((status["parts"][name])["samples"]) for name in names]
+    prefixes = _read_prefixes([arrays[name][a] for name in names for a in _PER_SAMPLE],
+                              [n for c in counts for n in (c + 1, c, c, c)])
+    parts = [_Part(name, groups[name], schema, arrays[name], dict(zip(_PER_SAMPLE, prefixes[4 * i: 4 * i + 4])))
+             for i, name in enumerate(names)]
+    return StoreReader(url, root, schema, parts, complete=status["complete"], output=output, direct=direct,
+                       threads=threads)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import TokalignError
-from . import _zarrio
+from . import _shards, _zarrio
 from .schema import (
     CHECKED_FLOAT_ARRAYS,
     PART_RE,
@@ -80,16 +82,32 @@ class StoreWriter:
 
     Use as a context manager or call :meth:`close` to mark the part complete. Batches are buffered and
     flushed (and committed) whenever ``flush_tokens`` tokens are pending (``flush_tokens=0``: every batch).
+
+    Options (keyword arguments of :meth:`create`, :meth:`resume`, :meth:`open`):
+
+    * ``whole_shards`` (default: ``flush_tokens >= schema.shard_tokens``): write token rows in whole shards
+      only. Each shard is encoded once and written once (no read-modify-write); a commit follows each
+      shard, so a kill loses at most one shard of work; :meth:`close` (or :meth:`flush`) writes the last,
+      partial shard. Memory: one shard of rows plus one batch.
+    * ``encode_threads`` (default ``min(2, cores)``, ``TOKALIGN_STORE_THREADS``): threads that blosc-encode
+      the chunks of a shard (blosc releases the GIL).
+    * ``direct`` (default True; ``TOKALIGN_STORE_DIRECT=0`` turns it off): shards that start on a shard
+      boundary are encoded by tokalign (``tokalign.store._shards``) and put as one object each; rows that
+      continue a shard begun earlier always go through zarr. The objects are identical in format to zarr's.
     """
 
     def __init__(self, url: Union[str, Path], schema: StoreSchema, root, group, *, part: int,
-                 flush_tokens: int = 65536, on_duplicate: str = "error", on_empty: str = "skip") -> None:
+                 flush_tokens: int = 65536, on_duplicate: str = "error", on_empty: str = "skip",
+                 whole_shards: Optional[bool] = None, encode_threads: Optional[int] = None,
+                 direct: bool = True) -> None:
         if on_duplicate not in _POLICIES or on_empty not in _POLICIES:
             raise TokalignError("on_duplicate / on_empty must be one of %s" % ", ".join(_POLICIES))
         self.url = str(url)
         self.schema = schema
         self.part = int(part)
         self.flush_tokens = int(flush_tokens)
+        #: write token rows only in whole shards (each shard encoded and written once; commits as shards fill)
+        self.whole_shards = self.flush_tokens >= schema.shard_tokens if whole_shards is None else bool(whole_shards)
         self.on_duplicate = on_duplicate
         self.on_empty = on_empty
         self._root = root
@@ -102,12 +120,27 @@ class StoreWriter:
                                            ("samples", "tokens", "skipped_empty", "skipped_duplicate",
                                             "invalid_samples", "nonfinite_values")}
         self._ids: set = set()
+        # token rows not yet written (they continue the arrays at row self._written) ...
+        self._rows: List[Dict[str, np.ndarray]] = []
+        self._rows_pending = 0
+        self._written = self._committed["tokens"]
+        # ... and samples not yet committed (they start at the committed token count)
         self._buffer: List[Dict[str, Any]] = []
         self._buffered_tokens = 0
         self._pending = dict.fromkeys(("skipped_empty", "skipped_duplicate"), 0)
         self._closed = False
         self.truncated_tokens = 0
         self.truncated_samples = 0
+        # direct shard writes (tokalign.store._shards) where zarr's layout allows; None: zarr writes the array
+        use_direct = bool(direct) and os.environ.get("TOKALIGN_STORE_DIRECT", "1") != "0"
+        self._layouts = {name: _shards.ShardLayout.from_array(self._arrays[name]) if use_direct else None
+                         for name in self._token_specs}
+        self._io = _shards.ByteIO(group.store) if use_direct else None
+        self.encode_threads = int(encode_threads or os.environ.get("TOKALIGN_STORE_THREADS") or
+                                  max(1, min(2, os.cpu_count() or 1)))
+        self._pool: Optional[ThreadPoolExecutor] = None
+        #: seconds / CPU seconds spent writing token rows (encode + store), for benchmarks
+        self.write_seconds = 0.0
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -156,10 +189,10 @@ class StoreWriter:
         })
         for arr_name, (dtype, tail) in schema.token_array_specs().items():
             _zarrio.create_array(group, arr_name, dtype, tail, 0, schema.chunk_tokens, schema.shard_tokens,
-                                 schema.compression_level)
+                                 schema.compression_level, schema.codec)
         for arr_name, (dtype, tail) in schema.sample_array_specs().items():
             _zarrio.create_array(group, arr_name, dtype, tail, 1 if arr_name == "offsets" else 0,
-                                 schema.chunk_samples, schema.shard_samples, schema.compression_level)
+                                 schema.chunk_samples, schema.shard_samples, schema.compression_level, schema.codec)
         group["offsets"][0:1] = np.zeros(1, dtype=np.int64)
         return cls(url, schema, root, group, part=part, **options)
 
@@ -225,7 +258,7 @@ class StoreWriter:
     def stats(self) -> Dict[str, int]:
         """Committed counts plus what is buffered: samples, tokens, skips, invalid samples, non-finite values."""
         out = dict(self._committed)
-        out["buffered_samples"] = sum(len(b["sample_id"]) for b in self._buffer)
+        out["buffered_samples"] = sum(len(b["sample_id"]) for b in self._buffer)  # not yet committed
         out["buffered_tokens"] = self._buffered_tokens
         for key, value in self._pending.items():
             out[key] += value
@@ -477,54 +510,147 @@ class StoreWriter:
         if not ids:
             return 0
 
-        batch = {name: np.ascontiguousarray(p[name], dtype=dtype) for name, (dtype, _) in self._token_specs.items()}
-        batch.update(sample_id=ids, lengths=lengths, seq_ce=seq_ce, nonfinite=nonfinite, valid=nonfinite == 0)
-        self._buffer.append(batch)
+        rows = {name: np.ascontiguousarray(p[name], dtype=dtype) for name, (dtype, _) in self._token_specs.items()}
+        n_rows = int(lengths.sum())
+        if n_rows:
+            self._rows.append(rows)
+            self._rows_pending += n_rows
+        self._buffer.append(dict(sample_id=ids, lengths=lengths, seq_ce=seq_ce, nonfinite=nonfinite,
+                                 valid=nonfinite == 0))
         self._ids.update(ids)
-        self._buffered_tokens += int(lengths.sum())
-        if self._buffered_tokens >= self.flush_tokens:
+        self._buffered_tokens += n_rows
+        if self.whole_shards:
+            shard = int(self.schema.shard_tokens)
+            if self._written + self._rows_pending >= (self._written // shard + 1) * shard:
+                self._flush(aligned=True)
+        elif self._buffered_tokens >= self.flush_tokens:
             self.flush()
         return len(ids)
 
     # -- flushing and closing ---------------------------------------------------------------------------
     def flush(self) -> None:
-        """Write buffered samples and commit them (the commit attribute is written last)."""
-        if not self._buffer:
-            return
-        buf = self._buffer
-        s0, t0 = self.committed_samples, self.committed_tokens
-        lengths = np.concatenate([b["lengths"] for b in buf])
-        s1, t1 = s0 + len(lengths), t0 + int(lengths.sum())
-        for name, (dtype, tail) in self._token_specs.items():
-            arr = self._arrays[name]
-            arr.resize((t1,) + tuple(tail))
-            arr[t0:t1] = np.concatenate([b[name] for b in buf])
-        sample_cols = {
-            "offsets": t0 + np.cumsum(lengths),
-            "sample_id": np.asarray([sid for b in buf for sid in b["sample_id"]], dtype=object),
-            "seq_ce": np.concatenate([b["seq_ce"] for b in buf]),
-            "valid": np.concatenate([b["valid"] for b in buf]),
-            "nonfinite": np.concatenate([b["nonfinite"] for b in buf]),
-        }
-        for name, values in sample_cols.items():
-            arr = self._arrays[name]
-            lo, hi = (s0 + 1, s1 + 1) if name == "offsets" else (s0, s1)
-            arr.resize((hi,))
-            if name == "sample_id":
-                arr[lo:hi] = values.astype(str)
+        """Write everything buffered and commit it (the commit attribute is written last).
+
+        With ``whole_shards`` the rows of a partial shard written here are rewritten when the shard fills up
+        (zarr re-reads it); :meth:`append` itself only ever writes whole shards.
+        """
+        self._flush(aligned=False)
+
+    def _flush(self, aligned: bool) -> None:
+        """Write pending token rows (``aligned``: only up to the last shard boundary), then commit every
+        sample whose rows are all written."""
+        end = self._written + self._rows_pending
+        target = end
+        if aligned:
+            shard = int(self.schema.shard_tokens)
+            target = end // shard * shard
+        if target > self._written:
+            self._write_rows(self._take_rows(target - self._written))
+        self._commit_written()
+
+    def _take_rows(self, n: int) -> Dict[str, np.ndarray]:
+        """The first ``n`` pending token rows of every array, removed from the buffer (views where possible)."""
+        taken: List[Dict[str, np.ndarray]] = []
+        got = 0
+        while got < n:
+            first = self._rows[0]
+            m = int(first["input_ids"].shape[0])
+            if got + m <= n:
+                taken.append(self._rows.pop(0))
+                got += m
             else:
-                arr[lo:hi] = values.astype(self._sample_specs[name][0])
+                cut = n - got
+                taken.append({k: v[:cut] for k, v in first.items()})
+                self._rows[0] = {k: v[cut:] for k, v in first.items()}
+                got = n
+        self._rows_pending -= n
+        if len(taken) == 1:
+            return taken[0]
+        return {name: np.concatenate([t[name] for t in taken]) for name in self._token_specs}
+
+    def _write_rows(self, rows: Dict[str, np.ndarray]) -> None:
+        """Append ``rows`` at row ``self._written``: whole shards (and a last partial shard that starts on a shard
+        boundary) are encoded here and put as single objects; the rest of a shard already begun goes through
+        zarr (which re-reads the shard)."""
+        t0 = time.perf_counter()
+        w0 = self._written
+        n = int(rows["input_ids"].shape[0])
+        w1 = w0 + n
+        shard = int(self.schema.shard_tokens)
+        names = list(self._token_specs)
+        _zarrio.resize_many([self._arrays[k] for k in names],
+                            [(w1,) + tuple(self._token_specs[k][1]) for k in names])
+        head = min(w1, -(-w0 // shard) * shard) - w0  # rows that continue a shard begun earlier
+        puts: List[Tuple[str, bytes]] = []
+        for name in names:
+            data = rows[name]
+            lay = self._layouts[name]
+            if lay is None:
+                self._arrays[name][w0:w1] = data
+                continue
+            if head:
+                self._arrays[name][w0:w0 + head] = data[:head]
+            if self._pool is None and self.encode_threads > 1:
+                self._pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="tokalign-encode")
+            map_fn = self._pool.map if self._pool is not None else map
+            for a in range(w0 + head, w1, shard):
+                b = min(a + shard, w1)
+                puts.append((lay.shard_key(a // shard), _shards.encode_shard(lay, data[a - w0:b - w0], map_fn)))
+        if puts:
+            self._io.put_many(puts)
+        self._written = w1
+        self.write_seconds += time.perf_counter() - t0
+
+    def _commit_written(self) -> None:
+        """Write the sample arrays of every buffered sample whose tokens are all written, then commit them."""
+        s0, t0 = self.committed_samples, self.committed_tokens
+        done: List[Dict[str, Any]] = []
+        t = t0
+        while self._buffer:
+            b = self._buffer[0]
+            ends = t + np.cumsum(b["lengths"])
+            k = int(np.searchsorted(ends, self._written, side="right"))
+            if k == len(b["lengths"]):
+                done.append(self._buffer.pop(0))
+                t = int(ends[-1]) if len(ends) else t
+                continue
+            if k:
+                done.append({key: v[:k] for key, v in b.items()})
+                self._buffer[0] = {key: v[k:] for key, v in b.items()}
+                t = int(ends[k - 1])
+            break
+        if not done and not any(self._pending.values()):
+            return
+        lengths = np.concatenate([b["lengths"] for b in done]) if done else np.zeros(0, np.int64)
+        s1, t1 = s0 + len(lengths), t0 + int(lengths.sum())
+        if done:
+            sample_cols = {
+                "offsets": t0 + np.cumsum(lengths),
+                "sample_id": np.asarray([sid for b in done for sid in b["sample_id"]], dtype=object),
+                "seq_ce": np.concatenate([b["seq_ce"] for b in done]),
+                "valid": np.concatenate([b["valid"] for b in done]),
+                "nonfinite": np.concatenate([b["nonfinite"] for b in done]),
+            }
+            names = list(sample_cols)
+            _zarrio.resize_many([self._arrays[k] for k in names],
+                                [(s1 + 1,) if k == "offsets" else (s1,) for k in names])
+            for name, values in sample_cols.items():
+                lo, hi = (s0 + 1, s1 + 1) if name == "offsets" else (s0, s1)
+                if name == "sample_id":
+                    self._arrays[name][lo:hi] = values.astype(str)
+                else:
+                    self._arrays[name][lo:hi] = values.astype(self._sample_specs[name][0])
         committed = dict(self._committed)
         committed["samples"], committed["tokens"] = s1, t1
-        committed["invalid_samples"] += int((~sample_cols["valid"]).sum())
-        committed["nonfinite_values"] += int(sample_cols["nonfinite"].sum())
+        if done:
+            committed["invalid_samples"] += int((~sample_cols["valid"]).sum())
+            committed["nonfinite_values"] += int(sample_cols["nonfinite"].sum())
         for key, value in self._pending.items():
             committed[key] += value
         self._group.update_attributes({"committed": committed, "updated_at": _now()})  # the commit point
         self._committed = committed
         self._pending = dict.fromkeys(self._pending, 0)
-        self._buffer = []
-        self._buffered_tokens = 0
+        self._buffered_tokens -= t1 - t0
 
     def close(self) -> Dict[str, Any]:
         """Flush, mark the part complete and return its summary (counts)."""
@@ -540,6 +666,9 @@ class StoreWriter:
         self._group.update_attributes({"committed": self._committed, "complete": True, "completed_at": _now(),
                                        "updated_at": _now()})
         self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         return self.summary()
 
     def summary(self) -> Dict[str, Any]:

@@ -1,0 +1,392 @@
+"""Direct reads and writes of sharded Zarr v3 arrays, bypassing zarr's async codec pipeline.
+
+zarr's pipeline costs far more than the codec itself on our hot paths (an asyncio task and a thread hop per
+chunk, a copy of every decoded chunk into the output, and a read-modify-write of a whole shard when a write
+covers part of it). The token arrays of a store have one simple layout, written by zarr itself at creation:
+
+* a regular chunk grid along axis 0 only (trailing axes whole), codec ``sharding_indexed`` with
+  ``index_location = "end"``;
+* inner codecs ``bytes`` (little endian) + ``blosc`` (any cname: zstd, lz4, ...), index codecs ``bytes`` +
+  ``crc32c``.
+
+For exactly that layout (:meth:`ShardLayout.from_array` returns None for anything else; callers then use
+zarr) this module reads rows by parsing the shard index (``chunks_per_shard`` pairs of uint64
+``(offset, nbytes)`` at the end of the shard object, then a crc32c of those bytes; ``2**64 - 1`` marks a
+chunk that holds only the fill value) and decoding each blosc chunk straight into the output array, and writes
+whole shards by encoding the chunks itself and putting the shard object in one store call. Shards written
+here are ordinary Zarr v3 shards: zarr reads them (and read-modify-writes them) like its own; the tests check
+both directions. Spec: https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/v1.0.html
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import TokalignError
+
+MAX_UINT64 = np.uint64(2**64 - 1)
+_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What is needed to locate, decode and encode the chunks of one sharded array."""
+
+    path: str  # the array's key prefix in its store ("part-00000/topk_ids")
+    ndim: int
+    tail: Tuple[int, ...]  # trailing shape (whole in every chunk)
+    dtype: np.dtype
+    fill_value: Any
+    chunk_rows: int
+    shard_rows: int
+    cname: str
+    clevel: int
+    shuffle: int
+    typesize: int
+    blocksize: int
+
+    @property
+    def chunks_per_shard(self) -> int:
+        return self.shard_rows // self.chunk_rows
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.tail, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.chunk_rows * self.row_bytes
+
+    @property
+    def index_bytes(self) -> int:
+        return self.chunks_per_shard * 16 + 4
+
+    def shard_key(self, shard: int) -> str:
+        """Object key of shard ``shard`` (zarr's default chunk key encoding with '/')."""
+        return "%s/c/%d%s" % (self.path, shard, "/0" * (self.ndim - 1))
+
+    @classmethod
+    def from_array(cls, array: Any) -> Optional["ShardLayout"]:
+        """The layout of a zarr v3 ``Array`` when this module handles it, else None (use zarr)."""
+        try:
+            meta = array.metadata.to_dict()
+        except Exception:
+            return None
+        try:
+            if meta.get("zarr_format") != 3 or meta.get("storage_transformers"):
+                return None
+            if meta["chunk_grid"]["name"] != "regular":
+                return None
+            cke = meta["chunk_key_encoding"]
+            if cke["name"] != "default" or cke.get("configuration", {}).get("separator", "/") != "/":
+                return None
+            codecs = meta["codecs"]
+            if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+                return None
+            conf = codecs[0]["configuration"]
+            if conf.get("index_location", "end") != "end":
+                return None
+            inner = conf["codecs"]
+            index_codecs = conf["index_codecs"]
+            if [c["name"] for c in inner] != ["bytes", "blosc"]:
+                return None
+            if [c["name"] for c in index_codecs] != ["bytes", "crc32c"]:
+                return None
+            for c in (inner[0], index_codecs[0]):
+                if (c.get("configuration") or {}).get("endian", "little") != "little":
+                    return None
+            dtype = np.dtype(array.dtype)
+            if dtype.kind not in "biuf" or dtype.byteorder == ">":
+                return None
+            shape = tuple(int(s) for s in array.shape)
+            shard = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
+            chunk = tuple(int(s) for s in conf["chunk_shape"])
+            if len(shape) < 1 or shard[1:] != shape[1:] or chunk[1:] != shape[1:] or shard[0] % chunk[0]:
+                return None
+            blosc = inner[1]["configuration"]
+            shuffle = blosc.get("shuffle", "shuffle")
+            if shuffle not in _SHUFFLES:
+                return None
+            fill = np.asarray(meta.get("fill_value", 0), dtype=dtype)
+            return cls(path=array.path, ndim=len(shape), tail=shape[1:], dtype=dtype, fill_value=fill[()],
+                       chunk_rows=chunk[0], shard_rows=shard[0], cname=str(blosc["cname"]),
+                       clevel=int(blosc["clevel"]), shuffle=_SHUFFLES[shuffle],
+                       typesize=int(blosc.get("typesize") or dtype.itemsize), blocksize=int(blosc.get("blocksize", 0)))
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+
+# -- byte access -----------------------------------------------------------------------------------------
+class ByteIO:
+    """Whole objects, byte ranges and object tails of one Zarr store, plus whole-object puts.
+
+    Local stores are read with plain file reads (no event loop); any other store goes through zarr's store
+    API, with all requests of one call gathered into one event-loop round trip. Puts always use the store's
+    own ``set`` (atomic: temp file + rename locally, whole-object PUT on object stores).
+    """
+
+    def __init__(self, store: Any) -> None:
+        from zarr.storage import LocalStore
+
+        self.store = store
+        self.root: Optional[Path] = Path(store.root) if isinstance(store, LocalStore) else None
+
+    # each request: (key, start, length) with start=None for the whole object, length<0 for the last -length
+    # bytes; the result is a bytes-like object or None when the object does not exist
+    def get_many(self, requests: Sequence[Tuple[str, Optional[int], int]]) -> List[Optional[Any]]:
+        if not requests:
+            return []
+        if self.root is not None:
+            return [self._get_local(*r) for r in requests]
+        import asyncio
+
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+
+        proto = default_buffer_prototype()
+
+        def byte_range(start: Optional[int], length: int):
+            if start is None:
+                return None
+            if length < 0:
+                return SuffixByteRequest(-length)
+            return RangeByteRequest(start, start + length)
+
+        async def gather() -> List[Any]:
+            return list(await asyncio.gather(*(self.store.get(k, proto, byte_range(s, n)) for k, s, n in requests)))
+
+        return [None if b is None else b.as_numpy_array() for b in sync(gather())]
+
+    def _get_local(self, key: str, start: Optional[int], length: int) -> Optional[Any]:
+        try:
+            with open(self.root / key, "rb", buffering=0) as f:
+                if start is None:
+                    return f.read()
+                if length < 0:
+                    size = os.fstat(f.fileno()).st_size
+                    f.seek(max(0, size + length))
+                    return f.read()
+                f.seek(start)
+                return f.read(length)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def put_many(self, items: Sequence[Tuple[str, bytes]]) -> None:
+        import asyncio
+
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        proto = default_buffer_prototype()
+
+        async def gather() -> None:
+            await asyncio.gather(*(self.store.set(k, proto.buffer.from_bytes(v)) for k, v in items))
+
+        sync(gather())
+
+
+def parse_index(layout: ShardLayout, raw: Any, key: str) -> np.ndarray:
+    """(chunks_per_shard, 2) uint64 (offset, nbytes) from the last ``index_bytes`` of a shard; crc32c checked."""
+    import google_crc32c
+
+    buf = memoryview(raw).cast("B")
+    n = layout.index_bytes
+    if len(buf) < n:
+        raise TokalignError("corrupt shard %s: %d bytes, shorter than its index (%d bytes)" % (key, len(buf), n))
+    idx = buf[len(buf) - n: len(buf) - 4]
+    crc = int(np.frombuffer(buf[len(buf) - 4:], dtype="<u4")[0])
+    if google_crc32c.value(bytes(idx)) != crc:
+        raise TokalignError("corrupt shard %s: the checksum of its chunk index does not match" % key)
+    return np.frombuffer(idx, dtype="<u8").reshape(-1, 2).copy()
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+class Carry:
+    """The last chunk a read decoded only in part, per array: the next sequential read starts inside it."""
+
+    def __init__(self) -> None:
+        self.chunks: Dict[str, Tuple[int, np.ndarray]] = {}
+
+
+def read_rows(layouts: Sequence[ShardLayout], io: ByteIO, lo: int, hi: int, nrows: Sequence[int], *,
+              pool: Optional[Executor] = None, carry: Optional[Carry] = None,
+              index_cache: Optional[Dict[Tuple[str, int], np.ndarray]] = None) -> List[np.ndarray]:
+    """Rows [lo, hi) of several arrays (their current lengths ``nrows``), decoded with blosc directly.
+
+    Chunks wholly inside the range are decoded in place into the output; the first and last chunk, when
+    only partly needed, are decoded into a scratch buffer and copied (the last one is kept in ``carry`` so a
+    following read that starts inside it does not decode it again). ``index_cache`` keeps shard indexes
+    between calls: only pass one for arrays that no writer changes any more.
+    """
+    from numcodecs import blosc
+
+    outs: List[np.ndarray] = []
+    index_requests: List[Tuple[int, int, str]] = []  # (array i, shard, key)
+    indexes: Dict[Tuple[int, int], Optional[np.ndarray]] = {}
+    for i, (lay, n) in enumerate(zip(layouts, nrows)):
+        if not 0 <= lo <= hi <= n:
+            raise TokalignError("rows [%d, %d) outside array %s of %d rows" % (lo, hi, lay.path, n))
+        outs.append(np.empty((hi - lo,) + lay.tail, dtype=lay.dtype))
+        if hi == lo:
+            continue
+        for s in range(lo // lay.shard_rows, (hi - 1) // lay.shard_rows + 1):
+            key = lay.shard_key(s)
+            cached = None if index_cache is None else index_cache.get((key, s))
+            if cached is not None:
+                indexes[(i, s)] = cached
+            else:
+                index_requests.append((i, s, key))
+    raws = io.get_many([(key, None if _whole_shard(layouts[i], s, lo, hi) else 0, -layouts[i].index_bytes)
+                        for i, s, key in index_requests])
+    whole: Dict[Tuple[int, int], Any] = {}
+    for (i, s, key), raw in zip(index_requests, raws):
+        if raw is None:
+            indexes[(i, s)] = None
+            continue
+        idx = parse_index(layouts[i], raw, key)
+        indexes[(i, s)] = idx
+        if index_cache is not None:
+            index_cache[(key, s)] = idx
+        if _whole_shard(layouts[i], s, lo, hi):
+            whole[(i, s)] = raw
+
+    # byte requests: per array and shard, the span from the first to the last needed chunk
+    tasks: List[Tuple[int, int, int]] = []  # (array i, chunk c, blob number; -1: fill value, -2: carried)
+    blobs: List[Any] = []  # bytes-like, or None until fetched
+    bases: List[int] = []  # byte offset of each blob in its shard object
+    fetch: List[Tuple[int, Tuple[str, Optional[int], int]]] = []  # (blob number, request)
+    for (i, s), idx in indexes.items():
+        lay = layouts[i]
+        cps = lay.chunks_per_shard
+        c0 = max(lo, s * lay.shard_rows) // lay.chunk_rows
+        c1 = (min(hi, (s + 1) * lay.shard_rows) - 1) // lay.chunk_rows + 1
+        needed = []
+        for c in range(c0, c1):
+            if carry is not None and _carried(carry, lay, c, lo, hi):
+                tasks.append((i, c, -2))
+            elif idx is None or idx[c - s * cps, 0] == MAX_UINT64:
+                tasks.append((i, c, -1))
+            else:
+                needed.append(c)
+        if not needed:
+            continue
+        if (i, s) in whole:  # the index request already brought the whole object
+            blobs.append(whole[(i, s)])
+            bases.append(0)
+            tasks.extend((i, c, len(blobs) - 1) for c in needed)
+            continue
+        rows = idx[[c - s * cps for c in needed]]
+        start = int(rows[:, 0].min())
+        end = int((rows[:, 0] + rows[:, 1]).max())
+        if end - start <= 2 * int(rows[:, 1].sum()) + (1 << 16):  # usual case: chunks stored in order
+            groups = [(needed, start, end - start)]
+        else:  # chunks scattered in the object: one request each
+            groups = [([c], int(off), int(nb)) for c, (off, nb) in zip(needed, rows)]
+        for cs, start, length in groups:
+            blobs.append(None)
+            bases.append(start)
+            fetch.append((len(blobs) - 1, (lay.shard_key(s), start, length)))
+            tasks.extend((i, c, len(blobs) - 1) for c in cs)
+    for (b_i, (key, _, _)), raw in zip(fetch, io.get_many([r for _, r in fetch])):
+        if raw is None:
+            raise TokalignError("shard %s disappeared while it was read" % key)
+        blobs[b_i] = raw
+
+    new_carry: Dict[str, Tuple[int, np.ndarray]] = {}
+
+    def run(task: Tuple[int, int, int]) -> Optional[Tuple[str, int, np.ndarray]]:
+        i, c, rq = task
+        lay = layouts[i]
+        out = outs[i].reshape(-1).view(np.uint8) if outs[i].size else None
+        a, b = c * lay.chunk_rows, (c + 1) * lay.chunk_rows  # chunk rows
+        ra, rb = max(a, lo), min(b, hi)  # rows of it we want
+        rbytes = lay.row_bytes
+        if rq == -1:
+            outs[i][ra - lo: rb - lo] = lay.fill_value
+            return None
+        if rq == -2:
+            chunk = carry.chunks[lay.path][1]
+            out[(ra - lo) * rbytes:(rb - lo) * rbytes] = chunk[(ra - a) * rbytes:(rb - a) * rbytes]
+            return (lay.path, c, chunk) if rb == hi and rb < b else None
+        s = c // lay.chunks_per_shard
+        idx = indexes[(i, s)]
+        off, nb = (int(x) for x in idx[c - s * lay.chunks_per_shard])
+        base = bases[rq]
+        src = memoryview(blobs[rq]).cast("B")[off - base: off - base + nb]
+        if len(src) != nb:
+            raise TokalignError("corrupt shard %s: chunk %d lies outside the object" % (lay.shard_key(s), c))
+        if ra == a and rb == b:
+            blosc.decompress(src, out[(ra - lo) * rbytes:(rb - lo) * rbytes])
+            return None
+        chunk = np.empty(lay.chunk_bytes, dtype=np.uint8)
+        blosc.decompress(src, chunk)
+        out[(ra - lo) * rbytes:(rb - lo) * rbytes] = chunk[(ra - a) * rbytes:(rb - a) * rbytes]
+        return (lay.path, c, chunk) if rb == hi and rb < b else None
+
+    if pool is not None and len(tasks) > 1:
+        results = list(pool.map(run, tasks))
+    else:
+        results = [run(t) for t in tasks]
+    if carry is not None:
+        for r in results:
+            if r is not None:
+                new_carry[r[0]] = (r[1], r[2])
+        carry.chunks = new_carry
+    return outs
+
+
+def _whole_shard(lay: ShardLayout, s: int, lo: int, hi: int) -> bool:
+    """True when [lo, hi) covers every row of shard ``s``: read the whole object in one request."""
+    return lo <= s * lay.shard_rows and (s + 1) * lay.shard_rows <= hi
+
+
+def _carried(carry: Carry, lay: ShardLayout, c: int, lo: int, hi: int) -> bool:
+    got = carry.chunks.get(lay.path)
+    if got is None or got[0] != c:
+        return False
+    a, b = c * lay.chunk_rows, (c + 1) * lay.chunk_rows
+    return not (lo <= a and b <= hi)  # a chunk wholly inside the range is decoded in place anyway
+
+
+# -- writing -----------------------------------------------------------------------------------------------
+def encode_shard(lay: ShardLayout, rows: np.ndarray, map_fn: Callable = map) -> bytes:
+    """The shard object holding ``rows`` (at most ``shard_rows``; the last chunk padded with the fill value)."""
+    from numcodecs import Blosc
+
+    n = int(rows.shape[0])
+    if not 0 < n <= lay.shard_rows or tuple(rows.shape[1:]) != lay.tail:
+        raise TokalignError("encode_shard %s: %s rows do not fit a shard of %d x %s"
+                            % (lay.path, rows.shape, lay.shard_rows, lay.tail))
+    rows = np.ascontiguousarray(rows, dtype=lay.dtype)
+    codec = Blosc(cname=lay.cname, clevel=lay.clevel, shuffle=lay.shuffle, blocksize=lay.blocksize,
+                  typesize=lay.typesize)
+    chunk_rows = lay.chunk_rows
+
+    def encode(c: int) -> bytes:
+        part = rows[c * chunk_rows:(c + 1) * chunk_rows]
+        if part.shape[0] < chunk_rows:
+            full = np.full((chunk_rows,) + lay.tail, lay.fill_value, dtype=lay.dtype)
+            full[: part.shape[0]] = part
+            part = full
+        return codec.encode(part.reshape(-1).view(np.uint8))
+
+    blobs = list(map_fn(encode, range(-(-n // chunk_rows))))
+    index = np.full((lay.chunks_per_shard, 2), MAX_UINT64, dtype="<u8")
+    offset = 0
+    for c, b in enumerate(blobs):
+        index[c] = (offset, len(b))
+        offset += len(b)
+    return _with_index(blobs, index)
+
+
+def _with_index(blobs: List[bytes], index: np.ndarray) -> bytes:
+    import google_crc32c
+
+    ib = index.tobytes()
+    return b"".join(blobs + [ib, np.uint32(google_crc32c.value(ib)).astype("<u4").tobytes()])
