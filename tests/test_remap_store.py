@@ -4,6 +4,8 @@ are ordered differently (each by its own token counts), some samples are truncat
 genuinely differ from the pivot texts (inserted / dropped words, a template around the text)."""
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import sys
 from pathlib import Path
@@ -209,6 +211,38 @@ def test_cli_resumes_and_matches_reference(world, tmp_path, tokenizers_dir, caps
     assert set(report["seconds"]) >= {"read", "align", "kernel", "write"} and report["positions_per_s"] > 0
     _assert_same_store(tmp_path / "ref.zarr", out)
     shutil.rmtree(out)
+
+
+def test_cli_codec_and_float16_logits(world, tmp_path, tokenizers_dir, capsys):
+    """--codec lz4 --logits-dtype float16: the same store as the default one up to float16 rounding of the
+    log-probabilities (-inf kept), both settings recorded, and a resume without the flags keeps them."""
+    d = world["dir"]
+    base = ["remap", "--pivot-store", str(d / "pivot.zarr"), "--source-store", str(d / "source.zarr"), "--map",
+            str(d / "map"), "--tokenizer-dir", str(tokenizers_dir), "--json"]
+    assert main(base + ["--out", str(tmp_path / "f32.zarr")]) == 0
+    a = open_store(str(d / "pivot.zarr"))
+    out = tmp_path / "f16.zarr"
+    w = open_writer(str(out), dataclasses.replace(_cli_schema(d, world), codec="lz4", logits_dtype="float16"))
+    remap_stores(a, open_store(str(d / "source.zarr")), world["pm"], w, a.sample_ids[:10], TokenBytes.of(world["tp"]),
+                 TokenBytes.of(world["ts"]))
+    w.flush()  # interrupted after 10 samples; the CLI resumes with the store's own codec and dtype
+    assert main(base + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "f16b.zarr"), "--codec", "lz4", "--logits-dtype", "float16"]) == 0
+    capsys.readouterr()
+    _assert_same_store(out, tmp_path / "f16b.zarr")
+    ref, got = open_store(str(tmp_path / "f32.zarr")), open_store(str(out))
+    assert (got.schema.codec, got.schema.logits_dtype) == ("lz4", "float16")
+    assert ref.schema.codec == "zstd" and ref.schema.logits_dtype == "float32"
+    tr, tg = ref.read_tokens(0, 0, ref.num_tokens), got.read_tokens(0, 0, got.num_tokens)
+    for name in tr:
+        if name != "topk_logits":
+            np.testing.assert_array_equal(tr[name], tg[name], err_msg=name)
+    lr, lg = tr["topk_logits"], tg["topk_logits"]
+    np.testing.assert_array_equal(np.isneginf(lr), np.isneginf(lg))
+    fin = np.isfinite(lr)
+    assert fin.sum() > 1000
+    np.testing.assert_array_equal(lg[fin], lr[fin].astype(np.float16).astype(np.float32))
 
 
 def _cli_schema(d, world):
