@@ -11,6 +11,9 @@ from tokalign.errors import TokalignError
 from tokalign.store import StoreWriter, open_store
 from tokalign.store._shards import MAX_UINT64, ByteIO, ShardLayout, parse_index
 
+# every committed array of a store as zarr itself reads it (the parts' arrays are zarr arrays)
+from test_store import _all_arrays as _zarr_arrays  # noqa: E402
+
 V, K = 1000, 4
 
 
@@ -41,18 +44,6 @@ def _write(url, samples, batch=5, schema=None, **kw):
         for b in range(0, len(samples), batch):
             w.append(samples[b:b + batch])
     return w
-
-
-def _zarr_arrays(url):
-    """Every committed array of every part, read by zarr itself."""
-    r = open_store(url, allow_incomplete=True, direct=False)
-    out = {}
-    for p in r.parts:
-        for name, arr in p.arrays.items():
-            n = p.num_samples + 1 if name == "offsets" else (
-                p.num_tokens if name in r.schema.token_array_specs() else p.num_samples)
-            out[p.name + "/" + name] = np.asarray(arr[:n])
-    return out
 
 
 def _assert_dicts_equal(a, b):
