@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -137,6 +137,21 @@ class CanonicalTables:
     added_mask: np.ndarray    # bool (V,): tokens matched before the model (split text segments)
     lengths: np.ndarray       # int64 (V,)
     space_first: np.ndarray   # bool (V,): canonical text starts with b" "
+    _native: Optional[object] = field(default=None, repr=False, compare=False)
+
+    @property
+    def native(self):
+        """The C++ copy of the tables (``_core.CanonicalOffsets``) used by :func:`exact_offsets_batch`.
+
+        Built on first use; ``space_first`` and the lengths are derived from ``texts`` there, exactly as
+        :func:`build_tables` derives them here.
+        """
+        if self._native is None:
+            from .. import _core
+
+            self._native = _core.CanonicalOffsets(self.texts, np.asarray(self.added_mask, dtype=np.uint8),
+                                                  self.family.prepend)
+        return self._native
 
 
 def build_tables(engine) -> CanonicalTables:
@@ -175,8 +190,11 @@ def _verify_with_phantoms(text_bytes: bytes, joined: bytes, start: np.ndarray, p
     return b"".join(parts) == joined
 
 
-def exact_offsets(text: str, ids: np.ndarray, inserted: Optional[np.ndarray], tables: CanonicalTables) -> Optional[np.ndarray]:
-    """Character offsets ``[start, end)`` computed from canonical texts, or None when they do not add up.
+def exact_offsets_reference(text: str, ids: np.ndarray, inserted: Optional[np.ndarray],
+                            tables: CanonicalTables) -> Optional[np.ndarray]:
+    """Reference (pure Python) for :func:`exact_offsets` / :func:`exact_offsets_batch`, kept for the tests.
+
+    Character offsets ``[start, end)`` computed from canonical texts, or None when they do not add up.
 
     Tokens whose canonical bytes concatenate to the text (modulo phantom dummy-prefix spaces) get the exact
     span of their bytes: ``start`` = the character holding the token's first byte, ``end`` = one past the
@@ -238,6 +256,28 @@ def exact_offsets(text: str, ids: np.ndarray, inserted: Optional[np.ndarray], ta
         else:
             offsets[i] = (last_end, last_end)
     return offsets
+
+
+def exact_offsets_batch(texts: Sequence[str], ids: Sequence, tables: CanonicalTables, *,
+                        inserted: Optional[Sequence[Optional[np.ndarray]]] = None,
+                        sequence_ids: Optional[Sequence[Optional[Sequence[Optional[int]]]]] = None,
+                        ) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:
+    """Exact offsets of many encodings at once (C++, GIL released, threads over items for large batches).
+
+    ``ids[k]``: the token ids of ``texts[k]`` (a list, e.g. ``tokenizers.Encoding.ids``, or an int array).
+    Tokens added by the post-processor are marked either by ``inserted`` (per item None or a bool mask) or by
+    ``sequence_ids`` (per item None or ``Encoding.sequence_ids``: None marks them). Returns ``(ids, offsets)``:
+    int32 id arrays and, per item, the ``[n, 2]`` int64 offsets of :func:`exact_offsets_reference` or None
+    where the canonical texts do not add up to the text.
+    """
+    from .. import _core
+
+    return _core.exact_offsets_batch(tables.native, texts, ids, inserted=inserted, sequence_ids=sequence_ids)
+
+
+def exact_offsets(text: str, ids: np.ndarray, inserted: Optional[np.ndarray], tables: CanonicalTables) -> Optional[np.ndarray]:
+    """Offsets of one encoding (see :func:`exact_offsets_reference` for the rules); None when they do not add up."""
+    return exact_offsets_batch([text], [ids], tables, inserted=[inserted])[1][0]
 
 
 def fingerprint(texts: Sequence[bytes], special_mask: np.ndarray) -> str:

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import TokalignError
-from .canonical import CanonicalTables, build_tables, exact_offsets, fingerprint
+from .canonical import CanonicalTables, build_tables, exact_offsets_batch, fingerprint
 
 #: chat-role tokens reported in ``special_ids`` when the vocabulary has them (role name -> token).
 CHAT_ROLE_TOKENS = (
@@ -136,22 +136,24 @@ class Tokenizer:
         return self.engine.token_to_id(token)
 
     # ------------------------------------------------------------------------------------- encoding
-    def _wrap(self, text: str, enc, add_special_tokens: bool) -> Encoding:
-        ids = np.asarray(enc.ids, dtype=np.int32)
-        inserted = None
-        if add_special_tokens and None in enc.sequence_ids:  # BOS/EOS added by the post-processor
-            inserted = np.fromiter((s is None for s in enc.sequence_ids), dtype=bool, count=len(ids))
-        offsets = exact_offsets(text, ids, inserted, self._tables)
-        if offsets is not None:
-            return Encoding(ids, offsets, True)
-        lib = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        return Encoding(ids, lib, False)
+    def _wrap_batch(self, texts: List[str], encs: Sequence, add_special_tokens: bool) -> List[Encoding]:
+        """Encodings from the engine's: exact offsets in one C++ call, library offsets where they do not add up."""
+        seq = [e.sequence_ids for e in encs] if add_special_tokens else None  # None marks BOS/EOS ...
+        ids, offsets = exact_offsets_batch(texts, [e.ids for e in encs], self._tables, sequence_ids=seq)
+        out = []
+        for e, i, o in zip(encs, ids, offsets):
+            if o is None:
+                out.append(Encoding(i, np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2), False))
+            else:
+                out.append(Encoding(i, o, True))
+        return out
 
     def encode(self, text: str, add_special_tokens: bool = False) -> Encoding:
         """Encode one text; offsets are character offsets into ``text``."""
         if not isinstance(text, str):
             raise TokalignError("encode() needs a str, got %s" % type(text).__name__)
-        return self._wrap(text, self.engine.encode(text, add_special_tokens=add_special_tokens), add_special_tokens)
+        enc = self.engine.encode(text, add_special_tokens=add_special_tokens)
+        return self._wrap_batch([text], [enc], add_special_tokens)[0]
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> List[Encoding]:
         """Encode many texts; the tokenizers library runs them in parallel (Rust threads)."""
@@ -160,7 +162,7 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TokalignError("encode_batch(): item %d is %s, not str" % (k, type(t).__name__))
         encs = self.engine.encode_batch(texts, add_special_tokens=add_special_tokens)
-        return [self._wrap(t, e, add_special_tokens) for t, e in zip(texts, encs)]
+        return self._wrap_batch(texts, encs, add_special_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.engine.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
