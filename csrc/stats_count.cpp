@@ -216,8 +216,15 @@ py::tuple exact_offsets_batch_py(const CanonicalTable& table, const py::sequence
         const char* p = nullptr;
         Py_ssize_t len = 0;
         if (PyUnicode_Check(txt.ptr())) {
-            p = PyUnicode_AsUTF8AndSize(txt.ptr(), &len);
-            if (!p) throw py::error_already_set();
+            if (PyUnicode_IS_ASCII(txt.ptr())) {  // the str's own storage is its UTF-8
+                p = PyUnicode_AsUTF8AndSize(txt.ptr(), &len);
+                if (!p) throw py::error_already_set();
+            } else {  // a temporary copy: PyUnicode_AsUTF8 would keep one cached in every str
+                txt = py::reinterpret_steal<py::object>(PyUnicode_AsUTF8String(txt.ptr()));
+                if (!txt) throw py::error_already_set();
+                p = PyBytes_AS_STRING(txt.ptr());
+                len = PyBytes_GET_SIZE(txt.ptr());
+            }
         } else if (PyBytes_Check(txt.ptr())) {
             p = PyBytes_AS_STRING(txt.ptr());
             len = PyBytes_GET_SIZE(txt.ptr());

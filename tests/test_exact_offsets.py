@@ -183,6 +183,8 @@ def test_bad_input_errors():
         exact_offsets_batch(["ab", "a"], [[0, 1]], tables)
     with pytest.raises(ValueError):
         exact_offsets_batch(["ab"], [[0, 1]], tables, inserted=[np.array([True])])
+    with pytest.raises(UnicodeEncodeError):  # as the reference's text.encode("utf-8")
+        exact_offsets_batch(["a\ud800"], [[0]], tables)
     with pytest.raises(ValueError):
         _core.CanonicalOffsets([b"a"], np.zeros(2, dtype=np.uint8), "never")
     with pytest.raises(TypeError):
