@@ -216,6 +216,7 @@ def test_real_tokenizers_match_reference(tokenizers_dir, corpus_texts, name):
         encs = tok.encode_batch(corpus_texts, add_special_tokens=special)
         raw = tok.engine.encode_batch(corpus_texts, add_special_tokens=special)
         n_exact = 0
+        n_fallback = 0
         for text, enc, r in zip(corpus_texts, encs, raw):
             ids = np.asarray(r.ids, dtype=np.int32)
             np.testing.assert_array_equal(enc.ids, ids)
@@ -226,6 +227,7 @@ def test_real_tokenizers_match_reference(tokenizers_dir, corpus_texts, name):
             want = exact_offsets_reference(text, ids, inserted, tables)
             if want is None:  # falls back to the library offsets, exactly as before
                 assert not enc.offsets_exact
+                n_fallback += 1
                 np.testing.assert_array_equal(enc.offsets, np.asarray(r.offsets, dtype=np.int64).reshape(-1, 2))
             else:
                 assert enc.offsets_exact
@@ -233,5 +235,7 @@ def test_real_tokenizers_match_reference(tokenizers_dir, corpus_texts, name):
                 n_exact += 1
         if name != "bert-bge":
             assert n_exact >= len(corpus_texts) - 3, (name, n_exact)
+        if name == "qwen2":  # NFC: "a\u0301" does not add up; encode_batch_fast has no offsets, so re-encoded
+            assert n_fallback >= 1
         one = tok.encode(corpus_texts[1], add_special_tokens=special)
         np.testing.assert_array_equal(one.offsets, encs[1].offsets)
