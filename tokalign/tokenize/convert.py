@@ -75,7 +75,8 @@ def _parse_spm(path: Path, quiet: bool = False):
     except ImportError as e:  # pragma: no cover
         if quiet:
             return None
-        raise TokalignError("reading a SentencePiece .model needs the 'sentencepiece' package: %s" % e)
+        raise TokalignError("%s: reading a SentencePiece .model needs the 'sentencepiece' package (and protobuf): %s"
+                            % (path, e))
     data = Path(path).read_bytes()
     m = pb.ModelProto()
     try:

@@ -322,7 +322,9 @@ def _convert_file(path: Path, pattern: Optional[str]) -> Tuple[object, Dict[str,
         return tiktoken_engine(path, pattern)
     try:
         return spm_engine(path)
-    except TokalignError:
+    except TokalignError as e:
+        if "needs the 'sentencepiece' package" in str(e):  # a missing package, not a bad file: say so
+            raise
         raise TokalignError("%s: not a SentencePiece model, tiktoken ranks file, tokenizer.json or tekken json"
                             % path)
 
