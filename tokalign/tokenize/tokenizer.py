@@ -151,8 +151,8 @@ class Tokenizer:
                 [texts[k] for k in missing], add_special_tokens=add_special_tokens)))
             for k in missing:
                 offsets[k] = np.asarray(lib[k].offsets, dtype=np.int64).reshape(-1, 2)
-        exact = set(missing)
-        return [Encoding(i, o, k not in exact) for k, (i, o) in enumerate(zip(ids, offsets))]
+        library_offsets = set(missing)
+        return [Encoding(i, o, k not in library_offsets) for k, (i, o) in enumerate(zip(ids, offsets))]
 
     def encode(self, text: str, add_special_tokens: bool = False) -> Encoding:
         """Encode one text; offsets are character offsets into ``text``."""
