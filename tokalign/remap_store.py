@@ -99,9 +99,9 @@ def align_packed(pivot_bytes: TokenBytes, pivot_ids: np.ndarray, pivot_offsets: 
 
 def remapped_token_ce_packed(topk_ids: np.ndarray, topk_logits: np.ndarray, retained_mass: np.ndarray,
                              valid: np.ndarray, input_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """:func:`tokalign.cli.remap.remapped_token_ce` for concatenated sequences (``offsets`` [S + 1]):
-    -log q(next pivot token) when kept, else -log(tail); 0 at each sequence's last position and where invalid.
-    Same float operations, so the values are bit-identical to the per-sequence function."""
+    """The ``remap_ce`` diagnostic of concatenated sequences (``offsets`` [S + 1]; one sequence:
+    :func:`tokalign.cli.remap.remapped_token_ce`): -log q(next pivot token) when kept, else -log(tail);
+    0 at each sequence's last position and where invalid."""
     n = int(topk_ids.shape[0])
     ce = np.zeros(n, np.float32)
     if n < 2:

@@ -100,19 +100,11 @@ def remapped_token_ce(result: Mapping[str, np.ndarray], input_ids: np.ndarray) -
     """Cross-entropy of each remapped distribution on the next pivot token (the ``remap_ce`` diagnostic):
     -log q(next) when the token is kept, else -log(tail mass) (a lower bound, since q(next) <= 1 - retained);
     0 for the last position and for invalid positions. Not the store's ``token_ce`` (see tokalign.remap_ce)."""
-    ids, logits = result["topk_ids"], result["topk_logits"]
-    n = ids.shape[0]
-    ce = np.zeros(n, np.float32)
-    if n < 2:
-        return ce
-    nxt = np.asarray(input_ids[1:], dtype=np.int64)
-    hit = ids[:-1] == nxt[:, None]
-    found = hit.any(axis=1)
-    q = np.where(found, np.where(hit, logits[:-1], 0).sum(axis=1), 0.0)
-    tail = np.maximum(1.0 - result["retained_mass"][:-1].astype(np.float64), 1e-6)
-    ce[:-1] = np.where(found, -q, -np.log(tail)).astype(np.float32)
-    ce[~np.asarray(result["valid"], bool)] = 0.0
-    return ce
+    from ..remap_store import remapped_token_ce_packed
+
+    n = int(result["topk_ids"].shape[0])
+    return remapped_token_ce_packed(result["topk_ids"], result["topk_logits"], result["retained_mass"], result["valid"],
+                                    input_ids, np.array([0, n], np.int64))
 
 
 def build_samples(sample_ids: Sequence[str], pivot_samples: Sequence[Mapping[str, Any]], result: RemapResult,
