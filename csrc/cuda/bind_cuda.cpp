@@ -313,31 +313,22 @@ void dtw_run_host(const DtwTable& tab_p, const DtwTable& tab_s, const DtwLaunch&
         const int32_t* dhi = L.diag_hi + L.diag_off[k];
         const int64_t* dcell = L.diag_cell + L.diag_off[k];
         uint8_t* mv = moves.data() + L.cell_base[k];
-        int lo1 = 0, hi1 = 0, lo2 = 0, hi2 = 0;
-        int32_t* cur = dbuf.data();
-        int32_t* p1 = cur + L.max_n;
-        int32_t* p2 = p1 + L.max_n;
+        WaveRing r(dbuf.data(), dbuf.data() + L.max_n, dbuf.data() + 2 * L.max_n);
         bool needs_cpu = false;
         for (int d = 0; d < n + m - 1; ++d) {
             const int lo = dlo[d], hi = dhi[d];
             uint8_t* mrow = mv + dcell[d] - lo;
             for (int i = lo; i < hi; ++i)
-                if (!wave_cell(i, d, lo1, hi1, lo2, hi2, p1, p2, tp, pid, ts, sid, L.tie, cur, mrow)) needs_cpu = true;
-            int32_t* t = p2;
-            p2 = p1;
-            p1 = cur;
-            cur = t;
-            lo2 = lo1;
-            hi2 = hi1;
-            lo1 = lo;
-            hi1 = hi;
+                if (!wave_cell(i, d, r.lo1, r.hi1, r.lo2, r.hi2, r.p1, r.p2, tp, pid, ts, sid, L.tie, r.cur, mrow))
+                    needs_cpu = true;
+            r.advance(lo, hi);
         }
         if (needs_cpu) {
             out.status[k] = kDtwNeedsCpu;
             out.path_len[k] = 0;
             continue;
         }
-        out.cost[k] = p1[n - 1];
+        out.cost[k] = r.p1[n - 1];
         out.status[k] = wave_traceback(n, m, dlo, dhi, dcell, mv, L.full[k] != 0, out.path + 2 * L.path_off[k],
                                        &out.path_len[k]);
     }

@@ -63,26 +63,17 @@ __global__ void __launch_bounds__(kDtwThreads) dtw_kernel(TableView tp, TableVie
     if (threadIdx.x == 0) needs_cpu = 0;
     __syncthreads();
 
-    int lo1 = 0, hi1 = 0, lo2 = 0, hi2 = 0;  // pivot ranges of diagonals d-1 and d-2
-    int32_t* cur = dbuf;                     // diagonal d
-    int32_t* p1 = dbuf + L.max_n;            // d-1
-    int32_t* p2 = dbuf + 2 * L.max_n;        // d-2
+    WaveRing r(dbuf, dbuf + L.max_n, dbuf + 2 * L.max_n);  // diagonals d, d-1, d-2
     const int diagonals = n + m - 1;
     for (int d = 0; d < diagonals; ++d) {
         const int lo = dlo[d], hi = dhi[d];
         uint8_t* mrow = mv + dcell[d] - lo;
         for (int i = lo + int(threadIdx.x); i < hi; i += int(blockDim.x)) {
-            if (!wave_cell(i, d, lo1, hi1, lo2, hi2, p1, p2, tp, pid, ts, sid, tie, cur, mrow)) needs_cpu = 1;
+            if (!wave_cell(i, d, r.lo1, r.hi1, r.lo2, r.hi2, r.p1, r.p2, tp, pid, ts, sid, tie, r.cur, mrow))
+                needs_cpu = 1;
         }
         __syncthreads();
-        int32_t* t = p2;
-        p2 = p1;
-        p1 = cur;
-        cur = t;
-        lo2 = lo1;
-        hi2 = hi1;
-        lo1 = lo;
-        hi1 = hi;
+        r.advance(lo, hi);
     }
     if (threadIdx.x != 0) return;
     if (needs_cpu) {
@@ -90,7 +81,7 @@ __global__ void __launch_bounds__(kDtwThreads) dtw_kernel(TableView tp, TableVie
         path_len[k] = 0;
         return;
     }
-    cost_out[k] = p1[n - 1];  // the last diagonal holds only (n-1, m-1)
+    cost_out[k] = r.p1[n - 1];  // the last diagonal holds only (n-1, m-1)
     int32_t len = 0;
     const int32_t st = wave_traceback(n, m, dlo, dhi, dcell, mv, L.full[k] != 0, path + 2 * L.path_off[k], &len);
     status[k] = st;

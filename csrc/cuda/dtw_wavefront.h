@@ -50,6 +50,27 @@ TA_HD int wave_token_cost(const TableView& tp, int a, const TableView& ts, int b
     return lev_small_myers(x, la, y, lb);
 }
 
+// The three diagonals of D values the wavefront keeps (d, d-1, d-2; indexed by pivot position) and
+// the pivot ranges of d-1 / d-2. advance() makes diagonal d (range [lo, hi)) the previous one and
+// recycles the oldest buffer for the next; the kernel and its host emulation share it.
+struct WaveRing {
+    int32_t* cur;
+    int32_t* p1;
+    int32_t* p2;
+    int lo1, hi1, lo2, hi2;
+    TA_HD WaveRing(int32_t* d0, int32_t* d1, int32_t* d2) : cur(d0), p1(d1), p2(d2), lo1(0), hi1(0), lo2(0), hi2(0) {}
+    TA_HD void advance(int lo, int hi) {
+        int32_t* t = p2;
+        p2 = p1;
+        p1 = cur;
+        cur = t;
+        lo2 = lo1;
+        hi2 = hi1;
+        lo1 = lo;
+        hi1 = hi;
+    }
+};
+
 // Cell (i, d - i) of anti-diagonal d. p1 / p2 hold the D values of diagonals d-1 / d-2 (indexed
 // by pivot position, valid on [lo1, hi1) / [lo2, hi2)); writes D into cur[i] and the move into
 // mrow[i]. Returns false when the cell needs the CPU (cost -1).
