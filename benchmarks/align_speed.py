@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # single-thread figures
 
+from _timing import best_of  # noqa: E402
 from tokalign import _core, align  # noqa: E402
 from tokalign.paths import shared_corpora, shared_tokenizers  # noqa: E402
 
@@ -85,15 +86,6 @@ def build_text(target_tokens: int, tok, corpus: Path) -> str:
             if len(tok.encode(text, add_special_tokens=False).ids) >= target_tokens:
                 break
     return text
-
-
-def best_of(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def run_pair(pivot_name: str, source_name: str, args) -> dict:

@@ -8,22 +8,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
+from _timing import best_of  # noqa: E402
 from tokalign.paths import shared_corpora, shared_tokenizers  # noqa: E402
 from tokalign.tokenize import load_tokenizer  # noqa: E402
-
-
-def _time(fn, repeat=3):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -42,10 +33,10 @@ def main() -> None:
     tok.fingerprint  # build the canonical tables outside the timing
     n_tokens = sum(len(e) for e in tok.encode_batch(texts))
     exact = sum(e.offsets_exact for e in tok.encode_batch(texts))
-    t_ours = _time(lambda: tok.encode_batch(texts))
-    t_engine = _time(lambda: tok.engine.encode_batch(texts, add_special_tokens=False))
+    t_ours = best_of(lambda: tok.encode_batch(texts))
+    t_engine = best_of(lambda: tok.engine.encode_batch(texts, add_special_tokens=False))
     hf = tok.hf
-    t_hf = _time(lambda: hf(texts, add_special_tokens=False, return_offsets_mapping=True))
+    t_hf = best_of(lambda: hf(texts, add_special_tokens=False, return_offsets_mapping=True))
     print("tokenizer %s: %d texts, %d tokens, exact offsets for %d/%d texts" % (
         tok.name, len(texts), n_tokens, exact, len(texts)))
     for label, t in (("tokalign encode_batch (ids+exact offsets)", t_ours),

@@ -48,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _timing import best_of  # noqa: E402
 from tokalign.store import (  # noqa: E402
     ExtraArray,
     StoreSchema,
@@ -85,19 +86,13 @@ def synthetic(tokens: int, k: int, vocab: int, seed: int) -> Dict[str, Any]:
             "lse": lse, "loss_mask": loss_mask, "token_ce": token_ce}
 
 
+def _decoded(tokens: int) -> bool:
+    """A read must have decoded tokens (the read functions return how many)."""
+    return tokens > 0
+
+
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def best_of(repeat: int, fn: Callable[[], int]) -> float:
-    """Seconds of the fastest of ``repeat`` runs; fn returns the tokens it decoded (checked)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = fn()
-        best = min(best, time.perf_counter() - t0)
-        assert n > 0
-    return best
 
 
 # -- tokalign store ------------------------------------------------------------------------------------------
@@ -293,25 +288,27 @@ def main(argv=None) -> int:
         got = next(r.iter_batches(10_000_000, packed=True))
         assert np.array_equal(got["topk_logits"], d["logits"]) and np.array_equal(got["topk_ids"], d["ids"])
 
+        def timed(read: Callable[[], int]) -> float:  # best of --repeat reads, each must decode tokens
+            return best_of(read, args.repeat, check=_decoded)
+
         # bytes of the fields the FuseChat layout also has (ours additionally keeps logsumexp and token_ce)
         same = sum(int(p.arrays[n].nbytes_stored()) for p in r.parts for n in p.arrays if n not in ("logsumexp", "token_ce"))
         rows["tokalign"].update(bytes_fusechat_fields=same,
                                 bytes=dir_bytes(work / "ours.zarr"),
-                                read_s=best_of(args.repeat, lambda: read_ours(str(work / "ours.zarr"))))
+                                read_s=timed(lambda: read_ours(str(work / "ours.zarr"))))
         rows["tokalign-3fields"] = {
             "write_s": rows["tokalign"]["write_s"], "bytes": rows["tokalign"]["bytes"],
-            "read_s": best_of(args.repeat, lambda: read_ours(str(work / "ours.zarr"),
-                                                             ["input_ids", "topk_ids", "topk_logits"]))}
+            "read_s": timed(lambda: read_ours(str(work / "ours.zarr"), ["input_ids", "topk_ids", "topk_logits"]))}
         t0 = time.perf_counter()
         write_ours(d, args.k, args.vocab, str(work / "ours-lz4.zarr"), codec="lz4")
         rows["tokalign-lz4"] = {"write_s": time.perf_counter() - t0, "bytes": dir_bytes(work / "ours-lz4.zarr"),
-                                "read_s": best_of(args.repeat, lambda: read_ours(str(work / "ours-lz4.zarr")))}
+                                "read_s": timed(lambda: read_ours(str(work / "ours-lz4.zarr")))}
         rows["fusechat-arrow"].update(bytes=dir_bytes(work / "fusechat"),
-                                      read_s=best_of(args.repeat, lambda: read_fusechat_rows(work / "fusechat")))
+                                      read_s=timed(lambda: read_fusechat_rows(work / "fusechat")))
         rows["arrow-columnar"] = {"write_s": rows["fusechat-arrow"]["write_s"], "bytes": rows["fusechat-arrow"]["bytes"],
-                                  "read_s": best_of(args.repeat, lambda: read_arrow_columnar(work / "fusechat"))}
+                                  "read_s": timed(lambda: read_arrow_columnar(work / "fusechat"))}
         rows["parquet"].update(bytes=(work / "fusechat.parquet").stat().st_size,
-                               read_s=best_of(args.repeat, lambda: read_parquet(work / "fusechat.parquet")))
+                               read_s=timed(lambda: read_parquet(work / "fusechat.parquet")))
         writer: List[Dict[str, Any]] = []
         if not args.no_writer:
             batches = remap_batches(args.writer_positions, args.k, args.seed)
