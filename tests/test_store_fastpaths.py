@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokalign.errors import TokalignError
-from tokalign.store import StoreWriter, open_store
-from tokalign.store._shards import MAX_UINT64, ByteIO, ShardLayout, parse_index
+from tokalign.store import StoreWriter, _zarrio, open_store
+from tokalign.store._shards import MAX_UINT64, ByteIO, RowPieces, ShardLayout, parse_index
 
 # every committed array of a store as zarr itself reads it (the parts' arrays are zarr arrays)
 from test_store import _all_arrays as _zarr_arrays  # noqa: E402
@@ -109,13 +111,15 @@ def test_missing_chunks_read_as_fill_value(tmp_path):
         _assert_dicts_equal(fast.read_tokens(0, lo, hi), slow.read_tokens(0, lo, hi))
 
 
-@pytest.mark.parametrize("flush_tokens", [0, 50, 128, 1 << 20])
-def test_direct_writes_equal_zarr_writes(flush_tokens):
-    """Shards encoded by tokalign read back bit for bit through zarr, also after zarr rewrote them in part."""
+@pytest.mark.parametrize("flush_tokens,level", [(0, 5), (50, 5), (128, 5), (1 << 20, 5), (50, 1), (1 << 20, 1)])
+def test_direct_writes_equal_zarr_writes(flush_tokens, level):
+    """Shards encoded by tokalign read back bit for bit through zarr, also after zarr rewrote them in part
+    (level 1: zstd with an explicit 256 KiB blosc block size)."""
     samples = [make_sample(i) for i in range(70)]
     a, b = "memory://fast-%s" % uuid.uuid4().hex, "memory://fast-%s" % uuid.uuid4().hex
-    wa = _write(a, samples, flush_tokens=flush_tokens)
-    _write(b, samples, flush_tokens=flush_tokens, direct=False)
+    wa = _write(a, samples, flush_tokens=flush_tokens, schema=make_schema(compression_level=level))
+    _write(b, samples, flush_tokens=flush_tokens, direct=False, schema=make_schema(compression_level=level))
+    assert wa._layouts["topk_logits"].blocksize == (_zarrio.ZSTD1_BLOCKSIZE if level == 1 else 0)
     assert wa.whole_shards == (flush_tokens >= 128)
     _assert_dicts_equal(_zarr_arrays(a), _zarr_arrays(b))
     r = open_store(a)
@@ -211,3 +215,17 @@ def test_unsupported_layout_falls_back_to_zarr(tmp_path):
         np.testing.assert_array_equal(r[i]["token_ce"], s["token_ce"])
         np.testing.assert_array_equal(r[i]["topk_ids"], s["topk_ids"])
     assert json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["attributes"]["format"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=5), st.data())
+def test_row_pieces_equal_the_concatenation(lengths, data):
+    """The writer encodes shards from its buffered batches without concatenating them (RowPieces)."""
+    full = np.arange(3 * sum(lengths)).reshape(-1, 3)
+    pieces = RowPieces(np.split(full, np.cumsum(lengths)[:-1]))
+    assert pieces.shape == full.shape
+    np.testing.assert_array_equal(pieces.array(), full)
+    a = data.draw(st.integers(0, len(full)))
+    b = data.draw(st.integers(a, len(full)))
+    np.testing.assert_array_equal(pieces.rows(a, b), full[a:b])
+    np.testing.assert_array_equal(pieces.sub(a, b).array(), full[a:b])

@@ -20,6 +20,7 @@ both directions. Spec: https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sha
 from __future__ import annotations
 
 import os
+import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +127,9 @@ class ByteIO:
     """Whole objects, byte ranges and object tails of one Zarr store, plus whole-object puts.
 
     Local stores are read with plain file reads (no event loop); any other store goes through zarr's store
-    API, with all requests of one call gathered into one event-loop round trip. Puts always use the store's
-    own ``set`` (atomic: temp file + rename locally, whole-object PUT on object stores).
+    API, with all requests of one call gathered into one event-loop round trip. Puts are atomic: local
+    stores get a temporary file renamed over the key (what zarr's LocalStore does), any other store a
+    whole-object ``set`` (PUT).
     """
 
     def __init__(self, store: Any) -> None:
@@ -177,7 +179,13 @@ class ByteIO:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def put_many(self, items: Sequence[Tuple[str, bytes]]) -> None:
+    def put_many(self, items: Sequence[Tuple[str, Sequence[bytes]]]) -> None:
+        """Whole objects, each given as its consecutive byte strings (written one after the other locally,
+        joined for other stores)."""
+        if self.root is not None:
+            for key, parts in items:
+                self._put_local(key, parts)
+            return
         import asyncio
 
         from zarr.core.buffer import default_buffer_prototype
@@ -186,9 +194,23 @@ class ByteIO:
         proto = default_buffer_prototype()
 
         async def gather() -> None:
-            await asyncio.gather(*(self.store.set(k, proto.buffer.from_bytes(v)) for k, v in items))
+            await asyncio.gather(*(self.store.set(k, proto.buffer.from_bytes(b"".join(v))) for k, v in items))
 
         sync(gather())
+
+    def _put_local(self, key: str, parts: Sequence[bytes]) -> None:
+        """Atomic like zarr's LocalStore: a temporary file in the same folder, then renamed over the key."""
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("%s.%s.partial" % (path.name, uuid.uuid4().hex))
+        try:
+            with open(tmp, "wb") as f:
+                for part in parts:
+                    f.write(part)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def parse_index(layout: ShardLayout, raw: Any, key: str) -> np.ndarray:
@@ -355,21 +377,55 @@ def _carried(carry: Carry, lay: ShardLayout, c: int, lo: int, hi: int) -> bool:
 
 
 # -- writing -----------------------------------------------------------------------------------------------
-def encode_shard(lay: ShardLayout, rows: np.ndarray, map_fn: Callable = map) -> bytes:
-    """The shard object holding ``rows`` (at most ``shard_rows``; the last chunk padded with the fill value)."""
+class RowPieces:
+    """Rows of one array kept as consecutive pieces (the batches a writer buffered), not concatenated: a row
+    range inside one piece is a view, one that spans pieces is concatenated (a chunk at a batch boundary)."""
+
+    def __init__(self, pieces: Sequence[np.ndarray]) -> None:
+        if not len(pieces):
+            raise ValueError("RowPieces needs at least one (possibly empty) piece")
+        self.pieces = [p for p in pieces if p.shape[0]] or [pieces[0]]
+        self.starts = np.concatenate([[0], np.cumsum([p.shape[0] for p in self.pieces])]).astype(np.int64)
+        self.shape = (int(self.starts[-1]),) + tuple(self.pieces[0].shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) as one array: a view when they lie in one piece (0 <= a <= b <= len)."""
+        return self.sub(a, b).array()
+
+    def sub(self, a: int, b: int) -> "RowPieces":
+        """Rows [a, b) as pieces (views of this one's)."""
+        i = int(np.searchsorted(self.starts, a, side="right")) - 1
+        parts = [self.pieces[0][:0]]
+        while a < b:
+            lo, hi = int(self.starts[i]), int(self.starts[i + 1])
+            parts.append(self.pieces[i][a - lo:min(b, hi) - lo])
+            a, i = min(b, hi), i + 1
+        return RowPieces(parts)
+
+    def array(self) -> np.ndarray:
+        return self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces)
+
+
+def encode_shard(lay: ShardLayout, rows: Any, map_fn: Callable = map) -> List[bytes]:
+    """The shard object holding ``rows`` (an array or :class:`RowPieces`, at most ``shard_rows``; the last chunk
+    padded with the fill value), as its consecutive byte strings (chunks, index, crc32c): put them as one object."""
     from numcodecs import Blosc
 
-    n = int(rows.shape[0])
+    if not isinstance(rows, RowPieces):
+        rows = RowPieces([np.asarray(rows)])
+    n = len(rows)
     if not 0 < n <= lay.shard_rows or tuple(rows.shape[1:]) != lay.tail:
         raise TokalignError("encode_shard %s: %s rows do not fit a shard of %d x %s"
                             % (lay.path, rows.shape, lay.shard_rows, lay.tail))
-    rows = np.ascontiguousarray(rows, dtype=lay.dtype)
     codec = Blosc(cname=lay.cname, clevel=lay.clevel, shuffle=lay.shuffle, blocksize=lay.blocksize,
                   typesize=lay.typesize)
     chunk_rows = lay.chunk_rows
 
     def encode(c: int) -> bytes:
-        part = rows[c * chunk_rows:(c + 1) * chunk_rows]
+        part = np.ascontiguousarray(rows.rows(c * chunk_rows, min((c + 1) * chunk_rows, n)), dtype=lay.dtype)
         if part.shape[0] < chunk_rows:
             full = np.full((chunk_rows,) + lay.tail, lay.fill_value, dtype=lay.dtype)
             full[: part.shape[0]] = part
@@ -385,8 +441,8 @@ def encode_shard(lay: ShardLayout, rows: np.ndarray, map_fn: Callable = map) -> 
     return _with_index(blobs, index)
 
 
-def _with_index(blobs: List[bytes], index: np.ndarray) -> bytes:
+def _with_index(blobs: List[bytes], index: np.ndarray) -> List[bytes]:
     import google_crc32c
 
     ib = index.tobytes()
-    return b"".join(blobs + [ib, np.uint32(google_crc32c.value(ib)).astype("<u4").tobytes()])
+    return blobs + [ib, np.uint32(google_crc32c.value(ib)).astype("<u4").tobytes()]

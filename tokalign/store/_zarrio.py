@@ -63,10 +63,18 @@ def exists(url: StoreURL, storage_options: Optional[Dict[str, Any]] = None) -> b
         return False
 
 
+#: blosc block size for zstd level 1 (0 = blosc's own choice). blosc picks small blocks at low levels, so
+#: zstd restarts every few ten KB; 256 KiB blocks encode top-k ids / logits 25-45 % faster, decode faster too,
+#: and come out 4-6 % smaller (docs/store.md, "Chunks, shards, compression"). At levels 3 and 5 blosc's own
+#: choice was as good or better, and lz4 does not care.
+ZSTD1_BLOCKSIZE = 1 << 18
+
+
 def compressor(clevel: int, dtype: str, cname: str = "zstd"):
     """Blosc (zstd or lz4) with byte shuffle: separates the high and low bytes of ids and 16-bit logits."""
     shuffle = "noshuffle" if dtype in ("bool", "uint8", "int8", "str") else "shuffle"
-    return zarr.codecs.BloscCodec(cname=cname, clevel=int(clevel), shuffle=shuffle)
+    blocksize = ZSTD1_BLOCKSIZE if cname == "zstd" and int(clevel) == 1 else 0
+    return zarr.codecs.BloscCodec(cname=cname, clevel=int(clevel), shuffle=shuffle, blocksize=blocksize)
 
 
 def resize_many(arrays: Sequence[zarr.Array], shapes: Sequence[Tuple[int, ...]]) -> None:

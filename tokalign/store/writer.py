@@ -548,8 +548,9 @@ class StoreWriter:
             self._write_rows(self._take_rows(target - self._written))
         self._commit_written()
 
-    def _take_rows(self, n: int) -> Dict[str, np.ndarray]:
-        """The first ``n`` pending token rows of every array, removed from the buffer (views where possible)."""
+    def _take_rows(self, n: int) -> Dict[str, _shards.RowPieces]:
+        """The first ``n`` pending token rows of every array, removed from the buffer: the buffered batches as
+        pieces (views, no concatenation)."""
         taken: List[Dict[str, np.ndarray]] = []
         got = 0
         while got < n:
@@ -564,38 +565,36 @@ class StoreWriter:
                 self._rows[0] = {k: v[cut:] for k, v in first.items()}
                 got = n
         self._rows_pending -= n
-        if len(taken) == 1:
-            return taken[0]
-        return {name: np.concatenate([t[name] for t in taken]) for name in self._token_specs}
+        return {name: _shards.RowPieces([t[name] for t in taken]) for name in self._token_specs}
 
-    def _write_rows(self, rows: Dict[str, np.ndarray]) -> None:
+    def _write_rows(self, rows: Dict[str, _shards.RowPieces]) -> None:
         """Append ``rows`` at row ``self._written``: whole shards (and a last partial shard that starts on a shard
         boundary) are encoded here and put as single objects; the rest of a shard already begun goes through
         zarr (which re-reads the shard)."""
         t0 = time.perf_counter()
         w0 = self._written
-        n = int(rows["input_ids"].shape[0])
+        n = len(rows["input_ids"])
         w1 = w0 + n
         shard = int(self.schema.shard_tokens)
         names = list(self._token_specs)
         _zarrio.resize_many([self._arrays[k] for k in names],
                             [(w1,) + tuple(self._token_specs[k][1]) for k in names])
         head = min(w1, -(-w0 // shard) * shard) - w0  # rows that continue a shard begun earlier
-        puts: List[Tuple[str, bytes]] = []
+        puts: List[Tuple[str, List[bytes]]] = []
         for name in names:
             data = rows[name]
             lay = self._layouts[name]
             if lay is None:
-                self._arrays[name][w0:w1] = data
+                self._arrays[name][w0:w1] = data.array()
                 continue
             if head:
-                self._arrays[name][w0:w0 + head] = data[:head]
+                self._arrays[name][w0:w0 + head] = data.rows(0, head)
             if self._pool is None and self.encode_threads > 1:
                 self._pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="tokalign-encode")
             map_fn = self._pool.map if self._pool is not None else map
             for a in range(w0 + head, w1, shard):
                 b = min(a + shard, w1)
-                puts.append((lay.shard_key(a // shard), _shards.encode_shard(lay, data[a - w0:b - w0], map_fn)))
+                puts.append((lay.shard_key(a // shard), _shards.encode_shard(lay, data.sub(a - w0, b - w0), map_fn)))
         if puts:
             self._io.put_many(puts)
         self._written = w1
