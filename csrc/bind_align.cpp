@@ -196,15 +196,6 @@ py::dict flat_results(std::vector<AlignResult>& res) {
     return d;
 }
 
-int threads_for(int requested) {
-#ifdef _OPENMP
-    return requested > 0 ? requested : omp_get_max_threads();
-#else
-    (void)requested;
-    return 1;
-#endif
-}
-
 // Runs fn(k) for k in [0, count) on `threads` threads; the first exception (by index) is rethrown.
 template <class Fn>
 void parallel_for(int64_t count, int threads, Fn fn) {

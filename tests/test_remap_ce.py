@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from remap_ce_reference import remapped_token_ce_packed_reference, source_nll_by_group_reference  # noqa: E402
 from remap_reference import random_groups  # noqa: E402
 from remap_store_reference import remap_per_sample  # noqa: E402
 from remap_stores import build_pair, read_items, with_changed_texts  # noqa: E402
@@ -26,7 +27,7 @@ from tokalign.cli.remap import remapped_token_ce, token_byte_offsets  # noqa: E4
 from tokalign.errors import TokalignError  # noqa: E402
 from tokalign.remap import prepare_map  # noqa: E402
 from tokalign.remap_ce import CE_DEFINITION, source_nll_by_group  # noqa: E402
-from tokalign.remap_store import TokenBytes, remap_stores  # noqa: E402
+from tokalign.remap_store import TokenBytes, remap_stores, remapped_token_ce_packed  # noqa: E402
 from tokalign.store import ExtraArray, StoreSchema, StoreWriter, open_store  # noqa: E402
 
 EXTRAS = (ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
@@ -254,6 +255,13 @@ def test_bad_groups_are_refused():
         source_nll_by_group(ce, [0, 3], np.array([[0, 2, 0, 3]]), [0, 1], [0, 3])
     with pytest.raises(TokalignError, match="source token_ce has shape"):
         source_nll_by_group(ce[:2], [0, 3], np.array([[0, 3, 0, 3]]), [0, 1], [0, 3])
+    with pytest.raises(TokalignError, match="a group ends before it starts"):
+        source_nll_by_group(ce, [0, 3], np.array([[0, 2, 0, 2], [2, 1, 2, 3]]), [0, 2], [0, 1])
+    # the right counts, but a group past the end of the sequences (the C++ never reads outside them)
+    with pytest.raises(TokalignError, match="sequence 1: a group lies outside the sequences"):
+        source_nll_by_group(ce, [0, 1, 3], np.array([[0, 1, 0, 1], [1, 3, 1, 3]]), [0, 1, 2], [0, 1, 3])
+    with pytest.raises(TokalignError, match="offsets"):
+        source_nll_by_group(ce, [0, 3], np.array([[0, 3, 0, 3]]), [0, 1, 1], [0, 3])
 
 
 @st.composite
@@ -292,3 +300,44 @@ def test_vectorised_equals_loop_and_does_not_depend_on_the_batch(seqs):
         np.testing.assert_allclose(mine, want, rtol=2e-7, atol=1e-7)
         alone = source_nll_by_group(ce, [0, len(ce)], g, [0, len(g)], [0, lp], source_lse=lse)
         np.testing.assert_array_equal(alone, mine)  # bit for bit: no dependence on the other sequences
+    # the numpy version the C++ replaced (sums in another order: equal to rounding); thread counts agree exactly
+    ref = source_nll_by_group_reference(cat([ce for _, ce, _, _ in seqs]).astype(np.float32), s_off,
+                                        cat([g for g, *_ in seqs]).reshape(-1, 4), g_off, p_off,
+                                        source_lse=cat([lse for _, _, lse, _ in seqs]))
+    np.testing.assert_allclose(got, ref, rtol=2e-7, atol=1e-7)
+    one = source_nll_by_group(cat([ce for _, ce, _, _ in seqs]).astype(np.float32), s_off,
+                              cat([g for g, *_ in seqs]).reshape(-1, 4), g_off, p_off,
+                              source_lse=cat([lse for _, _, lse, _ in seqs]), threads=1)
+    np.testing.assert_array_equal(one, got)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 6), st.integers(1, 5))
+def test_remapped_token_ce_equals_the_numpy_version(seed, n_seq, k):
+    """The remap_ce diagnostic (C++) against the numpy version it replaced: hits, misses (-log tail, floored at
+    1e-6), invalid positions, -1 slots, empty and one-token sequences."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 9, n_seq)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    n = int(offsets[-1])
+    vocab = 12
+    input_ids = rng.integers(0, vocab, n).astype(np.int32)
+    ids = np.argsort(rng.random((n, vocab)), axis=1)[:, :k].astype(np.int32)  # k distinct ids per row
+    ids[rng.random((n, k)) < 0.2] = -1
+    logits = np.log(rng.dirichlet(np.ones(k), n).astype(np.float32)).reshape(n, k)
+    logits[ids < 0] = -np.inf
+    retained = rng.uniform(0, 1, n).astype(np.float32)
+    retained[rng.random(n) < 0.1] = 1.0  # tail 0: floored at 1e-6
+    valid = rng.random(n) < 0.9
+    got = remapped_token_ce_packed(ids, logits, retained, valid, input_ids, offsets)
+    want = remapped_token_ce_packed_reference(ids, logits, retained, valid, input_ids, offsets)
+    assert got.dtype == np.float32 and got.shape == (n,)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(remapped_token_ce_packed(ids, logits, retained, valid, input_ids, offsets,
+                                                           threads=1), got)
+
+
+def test_remapped_token_ce_refuses_bad_shapes():
+    with pytest.raises(TokalignError, match="remapped_token_ce: offsets must run from 0 to N"):
+        remapped_token_ce_packed(np.zeros((3, 2), np.int32), np.zeros((3, 2), np.float32), np.ones(3, np.float32),
+                                 np.ones(3, bool), np.zeros(3, np.int32), np.array([0, 2]))

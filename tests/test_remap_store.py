@@ -151,12 +151,16 @@ def test_align_packed_names_bad_ids(world):
                      np.array([0, 2, 4]))
 
 
-def test_chunk_gather_matches_by_id(world):
+@pytest.mark.parametrize("min_run_rows", [0, 1 << 40])  # every batch copied run by run / row by row
+@pytest.mark.parametrize("order_kind", ["random", "store", "store_blocks_shuffled"])
+def test_chunk_gather_matches_by_id(world, min_run_rows, order_kind):
     b = open_store(str(world["dir"] / "source.zarr"))
     rng = np.random.default_rng(0)
-    order = rng.permutation(len(b))
+    order = {"random": rng.permutation(len(b)), "store": np.arange(len(b)),
+             # runs of store-consecutive samples in shuffled order (runs that cross chunks)
+             "store_blocks_shuffled": np.concatenate(rng.permutation(np.array_split(np.arange(len(b)), 5)))}[order_kind]
     plan = np.array_split(order, 7)
-    g = ChunkGather(b, ["input_ids", "topk_ids", "topk_logits"], plan, cache_bytes=20_000)
+    g = ChunkGather(b, ["input_ids", "topk_ids", "topk_logits"], plan, cache_bytes=20_000, min_run_rows=min_run_rows)
     for k, idx in enumerate(plan):
         out, offs = g.gather(k)
         for j, i in enumerate(idx.tolist()):

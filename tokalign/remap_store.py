@@ -14,12 +14,13 @@ Per batch of about ``batch_tokens`` pivot positions:
    byte), including the text diff + DTW for texts that differ (SentencePiece's dummy-prefix space,
    different templates, truncation);
 3. **remap** with the C++ kernel (:func:`tokalign.remap.remap_batch`);
-4. **write** one packed append (``StoreWriter.append_packed``); ``token_ce`` is the source's own NLL carried
-   through the groups (:mod:`tokalign.remap_ce`), the CE under the remapped distribution goes to ``remap_ce``.
+4. **ce**: ``token_ce`` is the source's own NLL carried through the groups (:mod:`tokalign.remap_ce`), the CE
+   under the remapped distribution goes to ``remap_ce`` (when the output declares it);
+5. **write** one packed append (``StoreWriter.append_packed``).
 
-Three threads overlap the stages: a reader thread reads batch i + 1 and a writer thread computes
-``token_ce`` and appends batch i - 1 (in order, through a bounded queue; its errors are raised in the
-caller) while the calling thread aligns and remaps batch i (the C++ stages release the GIL, and so does the
+Three threads overlap the stages: a reader thread reads batch i + 1 and a writer thread appends batch
+i - 1 (in order, through a bounded queue; its errors are raised in the caller) while the calling thread
+aligns, remaps and computes the CE fields of batch i (the C++ stages release the GIL, and so does the
 store's compression). The writer commits as it does when called directly, so an interrupted run resumes
 the same way. The results are identical to aligning and remapping each sample on its own
 (tests/test_remap_store.py).
@@ -44,6 +45,9 @@ from .remap_ce import REMAP_CE_FIELD, source_nll_by_group, wants_remap_ce
 BATCH_TOKENS = 1 << 17
 #: decoded chunks kept for later batches (bytes)
 CACHE_BYTES = 512 << 20
+#: a batch is copied run by run (slices) when its runs of store-consecutive rows average at least this many
+#: rows, else row by row (index arrays: a Python loop per run would cost more than it saves)
+MIN_RUN_ROWS = 32
 SOURCE_FIELDS = ("input_ids", "topk_ids", "topk_logits", "logsumexp", "token_ce")
 PIVOT_TOPK_FIELDS = ("topk_ids", "topk_logits", "logsumexp")
 ALIGN_PATHS = ("same_text", "text_diff", "text_diff_dtw", "empty")
@@ -98,25 +102,21 @@ def align_packed(pivot_bytes: TokenBytes, pivot_ids: np.ndarray, pivot_offsets: 
 
 
 def remapped_token_ce_packed(topk_ids: np.ndarray, topk_logits: np.ndarray, retained_mass: np.ndarray,
-                             valid: np.ndarray, input_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+                             valid: np.ndarray, input_ids: np.ndarray, offsets: np.ndarray,
+                             threads: int = 0) -> np.ndarray:
     """The ``remap_ce`` diagnostic of concatenated sequences (``offsets`` [S + 1]; one sequence:
-    :func:`tokalign.cli.remap.remapped_token_ce`): -log q(next pivot token) when kept, else -log(tail);
-    0 at each sequence's last position and where invalid."""
-    n = int(topk_ids.shape[0])
-    ce = np.zeros(n, np.float32)
-    if n < 2:
-        return ce
-    nxt = np.asarray(input_ids[1:], dtype=np.int64)
-    hit = topk_ids[:-1] == nxt[:, None]
-    found = hit.any(axis=1)
-    q = np.where(found, np.where(hit, topk_logits[:-1], 0).sum(axis=1), 0.0)
-    tail = np.maximum(1.0 - retained_mass[:-1].astype(np.float64), 1e-6)
-    ce[:-1] = np.where(found, -q, -np.log(tail)).astype(np.float32)
-    offsets = np.asarray(offsets, np.int64)
-    ends = offsets[1:][offsets[1:] > offsets[:-1]] - 1  # last position of every non-empty sequence
-    ce[ends] = 0.0
-    ce[~np.asarray(valid, bool)] = 0.0
-    return ce
+    :func:`tokalign.cli.remap.remapped_token_ce`): -log q(next pivot token) when kept, else
+    -log(max(1 - retained mass, 1e-6)); 0 at each sequence's last position and where invalid. C++
+    (``_core.remapped_token_ce``, OpenMP over sequences)."""
+    from ._core import remapped_token_ce
+
+    try:
+        return remapped_token_ce(np.ascontiguousarray(topk_ids, np.int32), np.ascontiguousarray(topk_logits, np.float32),
+                                 np.ascontiguousarray(retained_mass, np.float32), np.ascontiguousarray(valid, np.uint8),
+                                 np.ascontiguousarray(input_ids, np.int32), np.ascontiguousarray(offsets, np.int64),
+                                 int(threads))
+    except ValueError as exc:
+        raise TokalignError(str(exc)) from None
 
 
 # ---- reading whole samples through a chunk cache --------------------------------------------------------
@@ -129,8 +129,10 @@ class ChunkGather:
     chunks exceed ``cache_bytes`` the one needed furthest in the future is dropped first (Belady's rule).
     """
 
-    def __init__(self, store: Any, fields: Sequence[str], plan: Sequence[np.ndarray], cache_bytes: int = CACHE_BYTES):
+    def __init__(self, store: Any, fields: Sequence[str], plan: Sequence[np.ndarray], cache_bytes: int = CACHE_BYTES,
+                 min_run_rows: int = MIN_RUN_ROWS):
         self.store = store
+        self.min_run_rows = int(min_run_rows)
         self.fields = list(fields)
         self.chunk = int(store.schema.chunk_tokens)
         self.cache_bytes = int(cache_bytes)
@@ -216,6 +218,46 @@ class ChunkGather:
         piece = self._cache.pop(k)
         self._cached_bytes -= sum(v.nbytes for v in piece.values())
 
+    @staticmethod
+    def _runs(part: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Consecutive samples whose rows follow on in the store, merged: (first sample, part, lo, hi) per run."""
+        nonempty = np.flatnonzero(hi > lo)
+        part, lo, hi = part[nonempty], lo[nonempty], hi[nonempty]
+        new = np.ones(lo.size, bool)
+        new[1:] = (lo[1:] != hi[:-1]) | (part[1:] != part[:-1])
+        first = np.flatnonzero(new)
+        last = np.r_[first[1:], lo.size] - 1
+        return nonempty[first], part[first], lo[first], hi[last]
+
+    def _copy_runs(self, out: Dict[str, np.ndarray], offsets: np.ndarray, runs) -> None:
+        """Slice copies, one per run and chunk it touches (no index arrays: the cheap path for long runs)."""
+        first, part, lo, hi = runs
+        chunk, per_part = self.chunk, self._chunks_per_part
+        for i, p, a, b in zip(first.tolist(), part.tolist(), lo.tolist(), hi.tolist()):
+            o = int(offsets[i])
+            for c in range(a // chunk, (b - 1) // chunk + 1):
+                piece = self._cache[p * per_part + c]
+                r0, r1 = max(a, c * chunk), min(b, (c + 1) * chunk)
+                for f in self.fields:
+                    out[f][o:o + r1 - r0] = piece[f][r0 - c * chunk:r1 - c * chunk]
+                o += r1 - r0
+
+    def _copy_rows(self, out: Dict[str, np.ndarray], offsets: np.ndarray, part: np.ndarray, lo: np.ndarray,
+                   lengths: np.ndarray, total: int) -> None:
+        """Row-index copies grouped by chunk (vectorised: the path for many short runs)."""
+        rows = np.repeat(lo - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)  # part-local row per output row
+        key = np.repeat(part * self._chunks_per_part, lengths) + rows // self.chunk
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        bounds = np.concatenate([[0], np.flatnonzero(ks[1:] != ks[:-1]) + 1, [total]])
+        for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            pos = order[s:e]
+            k = int(ks[s])
+            piece = self._cache[k]
+            local = rows[pos] - (k % self._chunks_per_part) * self.chunk
+            for f in self.fields:
+                out[f][pos] = piece[f][local]
+
     def gather(self, b: int) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
         """Concatenated token arrays of batch ``b``'s samples and their offsets [S + 1]."""
         part, lo, hi, keys = self._plan[b]
@@ -231,28 +273,11 @@ class ChunkGather:
             tail, dtype = ((first[f].shape[1:], first[f].dtype) if first is not None else ((), np.float32))
             out[f] = np.empty((total,) + tuple(tail), dtype)
         if total:
-            rows = np.repeat(lo - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)  # part-local row per output row
-            key = np.repeat(part * self._chunks_per_part, lengths) + rows // self.chunk
-            if np.all(key[1:] >= key[:-1]):
-                order = None  # already grouped by chunk (e.g. reading in store order): slices of the output
-                bounds = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [total]])
-                jumps = np.concatenate([[0], np.cumsum(rows[1:] - rows[:-1] != 1)])  # rows not following on
+            runs = self._runs(part, lo, hi)
+            if total >= self.min_run_rows * len(runs[0]):
+                self._copy_runs(out, offsets, runs)
             else:
-                order = np.argsort(key, kind="stable")
-                ks = key[order]
-                bounds = np.concatenate([[0], np.flatnonzero(ks[1:] != ks[:-1]) + 1, [total]])
-            for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-                pos = slice(s, e) if order is None else order[s:e]
-                k = int(key[s] if order is None else key[order[s]])
-                base = (k % self._chunks_per_part) * self.chunk
-                piece = self._cache[k]
-                if order is None:
-                    r0 = int(rows[s]) - base
-                    local = slice(r0, r0 + e - s) if jumps[e - 1] == jumps[s] else rows[s:e] - base
-                else:
-                    local = rows[pos] - base
-                for f in self.fields:
-                    out[f][pos] = piece[f][local]
+                self._copy_rows(out, offsets, part, lo, lengths, total)
         for k in key_list:
             self._next_use[k] += 1
         self._evict(b)
@@ -274,17 +299,18 @@ class RemapTotals:
     retained: float = 0.0
     kinds: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KIND_NAMES.values(), 0))
     align_paths: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(ALIGN_PATHS, 0))
-    #: wall seconds per stage. With ``prefetch`` "read" runs in the reader thread and "write" (``token_ce`` +
-    #: ``append_packed`` + the final flush) in the writer thread, overlapping "align" and "kernel";
-    #: "wait_read" / "wait_write" are the calling thread waiting for them
+    #: wall seconds per stage ("ce": ``token_ce`` and ``remap_ce``). With ``prefetch`` "read" runs in the reader
+    #: thread and "write" (``append_packed`` + the final flush) in the writer thread, overlapping "align",
+    #: "kernel" and "ce"; "wait_read" / "wait_write" are the calling thread waiting for them
     seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("read", "wait_read", "align", "kernel", "write", "wait_write", "total"), 0.0))
+        ("read", "wait_read", "align", "kernel", "ce", "write", "wait_write", "total"), 0.0))
     #: process CPU seconds (all threads) during each stage and in all ("total"). Without ``prefetch`` every
     #: stage runs alone, so the figures are exact per stage; with it the background stages overlap the
     #: others: "read" and "write" stay 0 (the store's codecs run in threads of their own, so no single
-    #: thread's clock measures them) and "align" / "kernel" include what the background threads did meanwhile.
+    #: thread's clock measures them) and "align" / "kernel" / "ce" include what the background threads did
+    #: meanwhile.
     cpu_seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("read", "align", "kernel", "write", "total"), 0.0))
+        ("read", "align", "kernel", "ce", "write", "total"), 0.0))
     chunks_read: Dict[str, int] = field(default_factory=dict)
 
     @property
@@ -388,6 +414,7 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
     p_gather = ChunkGather(pivot, p_fields, [p_idx[b] for b in batches], cache_bytes // 4)
     s_gather = ChunkGather(source, SOURCE_FIELDS, [s_idx[b] for b in batches], cache_bytes)
     sec, cpu = totals.seconds, totals.cpu_seconds
+    remap_ce = wants_remap_ce(writer)
 
     def clock() -> float:  # process CPU, only meaningful per stage when the stages do not overlap
         return 0.0 if prefetch else time.process_time()
@@ -404,11 +431,7 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
         if item is None:
             writer.flush()
         else:
-            batch_ids, pv, sv, p_off, s_off, groups, g_off, res = item
-            ce = source_nll_by_group(sv["token_ce"], s_off, groups, g_off, p_off, source_lse=sv["logsumexp"])
-            extra = {REMAP_CE_FIELD: remapped_token_ce_packed(res.topk_ids, res.topk_logits, res.retained_mass,
-                                                              res.valid, pv["input_ids"], p_off)
-                     } if wants_remap_ce(writer) else {}
+            batch_ids, pv, p_off, res, ce, extra = item
             writer.append_packed(batch_ids, np.diff(p_off), {
                 "input_ids": pv["input_ids"], "loss_mask": pv["loss_mask"], "topk_ids": res.topk_ids,
                 "topk_logits": res.topk_logits, "logsumexp": res.logsumexp, "token_ce": ce,
@@ -450,10 +473,20 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
             sec["kernel"] += t3 - t2
             cpu["kernel"] += c3 - c2
 
-            item = (batch_ids, pv, sv, p_off, s_off, groups, g_off, res)
+            # the CE fields here, not in the writer thread: writing is the slowest stage, this one waits for it
+            ce = source_nll_by_group(sv["token_ce"], s_off, groups, g_off, p_off, source_lse=sv["logsumexp"],
+                                     threads=threads)
+            extra = {REMAP_CE_FIELD: remapped_token_ce_packed(res.topk_ids, res.topk_logits, res.retained_mass,
+                                                              res.valid, pv["input_ids"], p_off, threads=threads)
+                     } if remap_ce else {}
+            t4, c4 = time.perf_counter(), time.process_time()
+            sec["ce"] += t4 - t3
+            cpu["ce"] += c4 - c3
+
+            item = (batch_ids, pv, p_off, res, ce, extra)
             if behind:
                 behind.put(item)
-                sec["wait_write"] += time.perf_counter() - t3
+                sec["wait_write"] += time.perf_counter() - t4
             else:
                 write(item)
             _count(totals, res, path, len(batch_ids), int(p_off[-1]))
