@@ -19,7 +19,9 @@ every stage alone (``engine_cpu_us_per_position``: process CPU per stage; "write
 tokalign/store, "read" the store reader + ChunkGather, "align" / "kernel" the remap's own C++ stages), both
 at the CLI's output compression level, the engine at the store default (zstd 5), and the per-sample path the
 CLI used before (tests/remap_store_reference.py, zstd 5 output) on 150 samples from 5 places of the pivot
-order as the baseline.
+order as the baseline. ``store_io_floor_cpu_us_per_position``: the store I/O alone (decode the inputs, encode
+and write the output, nothing else; :func:`store_io_floor`), a floor no remap engine goes below with these
+stores.
 
 Goal: >= 5 M positions/s on 2 cores. The machine is shared: the load average is printed, and
 ``engine_cpu_positions_per_s`` (positions per process-CPU second) is the load-independent figure.
@@ -258,6 +260,56 @@ def _remap_schema(pivot, pm, clevel=None):
                                ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool")), **extra)
 
 
+def store_io_floor(pivot, source, out, p_fields, s_fields, threads: int, batch_tokens: int, scratch: Path) -> dict:
+    """Process CPU of the store I/O alone, in us per pivot position: decoding every input row the engine reads
+    (both stores, in store order, batch by batch, the direct shard path), encoding the output's token arrays
+    into shards (``_shards.encode_shard`` on ``threads`` threads, as the writer does) and writing the shard
+    files (plain file writes under ``scratch``): no alignment, no remap, no checks, no zarr metadata. The
+    output as written (the CLI's default) and with lz4 + float16 log-probs (the cheapest output
+    ``tokalign remap`` offers). Whatever the remap itself costs comes on top."""
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from tokalign.store._shards import encode_shard
+
+    n_pos = out.num_tokens
+    c0 = time.process_time()
+    for store, fields in ((pivot, p_fields), (source, s_fields)):
+        for i, part in enumerate(store.parts):
+            for lo in range(0, part.num_tokens, batch_tokens):  # batches of the engine's size
+                store.read_tokens(i, lo, min(lo + batch_tokens, part.num_tokens), fields)
+    us = {"decode_inputs": time.process_time() - c0}
+    part = out.parts[0]
+    rows = {name: raw.astype(part.layouts[name].dtype) for name, raw in out.read_tokens(0, 0, n_pos).items()}
+    variants = {"as_written": {}, "lz4_float16": {"cname": "lz4", "logits": np.dtype(np.float16)}}
+    scratch.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for label, v in variants.items():
+            shards = []
+            c0 = time.process_time()
+            for name, data in rows.items():
+                lay = part.layouts[name]
+                if v:
+                    lay = replace(lay, cname=v["cname"])
+                    if name == "topk_logits":
+                        lay = replace(lay, dtype=v["logits"], typesize=2)
+                for a in range(0, n_pos, lay.shard_rows):
+                    shards.append(encode_shard(lay, data[a:a + lay.shard_rows].astype(lay.dtype, copy=False), pool.map))
+            c1 = time.process_time()
+            for i, parts in enumerate(shards):  # a shard object as its consecutive byte strings
+                with open(scratch / f"{label}-{i}", "wb") as f:
+                    for piece in parts:
+                        f.write(piece)
+            us[f"encode_output_{label}"] = c1 - c0
+            us[f"write_files_{label}"] = time.process_time() - c1
+    us = {k: round(v / n_pos * 1e6, 3) for k, v in us.items()}
+    for k in variants:
+        floor = us["decode_inputs"] + us[f"encode_output_{k}"] + us[f"write_files_{k}"]
+        us[f"store_io_{k}"] = round(floor, 3)
+        us[f"bound_2_cores_store_io_only_{k}_positions_per_s"] = round(2e6 / floor) if floor > 0 else 0
+    return us
+
+
 def store_mode(args) -> dict:
     """``tokalign remap`` store to store: CLI end to end, engine breakdown, per-sample baseline."""
     import contextlib
@@ -269,7 +321,7 @@ def store_mode(args) -> dict:
     from tokalign import load_tokenizer
     from tokalign.cli import main as cli_main
     from tokalign.cli.remap import FLUSH_TOKENS, OUTPUT_COMPRESSION_LEVEL
-    from tokalign.remap_store import TokenBytes, remap_stores
+    from tokalign.remap_store import SOURCE_FIELDS, TokenBytes, remap_stores
     from tokalign.store import StoreWriter, open_store, open_writer
     from tokalign.vocab import VocabMap
 
@@ -313,6 +365,8 @@ def store_mode(args) -> dict:
         w.close()
         runs[name].stored_bytes = open_store(str(work / f"{name}.zarr")).stored_bytes()
     pipe, seq, slow = runs[f"pipelined_clevel{level}"], runs[f"sequential_clevel{level}"], runs["clevel5"]
+    floor = store_io_floor(a, b, open_store(str(work / f"sequential_clevel{level}.zarr")), ["input_ids", "loss_mask"],
+                           list(SOURCE_FIELDS), args.threads, args.batch_tokens, work / "floor")
 
     # 3. baseline: the per-sample path (same stores, same map) on 5 runs of consecutive samples spread over the
     #    pivot order (the store is sorted by length: the first samples alone would be the longest ones)
@@ -359,6 +413,8 @@ def store_mode(args) -> dict:
         "engine_bound_2_cores_without_writer_positions_per_s": round(2e6 / remap_us) if remap_us > 0 else 0,
         "engine_chunks_read": seq.chunks_read,
         f"output_bytes_per_position_clevel{level}": round(seq.stored_bytes / n_pos, 1),
+        # the store I/O alone (decode the inputs, encode and write the output; nothing else): a floor for any remap
+        "store_io_floor_cpu_us_per_position": floor,
         "engine_clevel5_positions_per_s": round(slow.positions_per_s),
         "engine_clevel5_cpu_positions_per_s": per_s(n_pos, slow.cpu_seconds["total"]),
         "engine_clevel5_seconds": {k: round(v, 3) for k, v in slow.seconds.items()},

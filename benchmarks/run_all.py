@@ -70,7 +70,10 @@ def _remap(r):
     if s:
         rows.append((f"remap: store to store (`tokalign remap`), {s['pivot_positions']} positions",
                      f"{s['cli_positions_per_s'] / 1e6:.2f} M pos/s (engine {s['cli_engine_positions_per_s'] / 1e6:.2f}; "
-                     f"2-core CPU bound {s['engine_bound_2_cores_positions_per_s'] / 1e6:.1f})",
+                     f"2-core CPU bound {s['engine_bound_2_cores_positions_per_s'] / 1e6:.1f}"
+                     + ("; the store I/O alone bounds it at %.1f" % (
+                         s["store_io_floor_cpu_us_per_position"]["bound_2_cores_store_io_only_as_written_positions_per_s"] / 1e6)
+                        if "store_io_floor_cpu_us_per_position" in s else "") + ")",
                      f"{s['speedup_cli_vs_baseline']:.0f}x vs the per-sample path", "≥ 5 M pos/s",
                      s["cli_positions_per_s"] >= 5e6))
     return rows
