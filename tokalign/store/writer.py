@@ -74,7 +74,7 @@ def _logits_to_stored(x: Any, logits_dtype: str) -> np.ndarray:
         raise TokalignError("topk_logits must be floating point, got dtype %s" % a.dtype)
     if logits_dtype == "bfloat16":
         return float32_to_bf16_bits(a.astype(np.float32, copy=False))
-    return a.astype(logits_dtype)
+    return a.astype(logits_dtype, copy=False)
 
 
 class StoreWriter:
@@ -461,7 +461,9 @@ class StoreWriter:
             arr = p[name]
             if name == "topk_logits":
                 nf = bf16_bits_nonfinite(arr) if schema.logits_dtype == "bfloat16" else ~np.isfinite(arr)
-                bad_tok += (nf & (p["topk_ids"] >= 0)).sum(axis=1)
+                nf &= p["topk_ids"] >= 0
+                if nf.any():  # the per-row count is the costly part, and nearly always all zeros
+                    bad_tok += nf.sum(axis=1)
             elif name in CHECKED_FLOAT_ARRAYS or np.dtype(dtype).kind == "f":
                 nf = ~np.isfinite(arr.astype(dtype, copy=False))
                 bad_tok += nf.reshape(total, -1).sum(axis=1) if nf.ndim > 1 else nf
