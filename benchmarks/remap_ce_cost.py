@@ -70,8 +70,8 @@ def store_mode(repeat: int, tmp: Path) -> dict:
     from tokalign import load_tokenizer, vocab
     from tokalign.paths import shared_corpora, shared_tokenizers
     from tokalign.remap import prepare_map
-    from tokalign.remap_store import TokenBytes, remap_stores
-    from tokalign.store import ExtraArray, StoreSchema, StoreWriter, open_store
+    from tokalign.remap_store import REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores
+    from tokalign.store import StoreSchema, StoreWriter, open_store
 
     td, cd = shared_tokenizers(), shared_corpora()
     tp = load_tokenizer("openchat", tokenizer_dir=td)
@@ -81,9 +81,7 @@ def store_mode(repeat: int, tmp: Path) -> dict:
     build_pair(tmp, tp, ts, items, seed=3, max_length=2048)
     pm = prepare_map(vocab.em(tp, ts).matrix)
     a, b = open_store(str(tmp / "pivot.zarr")), open_store(str(tmp / "source.zarr"))
-    base = (ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
-            ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool"))
-    runs = {"without_remap_ce": base, "with_remap_ce": base + (ExtraArray("remap_ce", "float32"),)}
+    runs = {"without_remap_ce": REMAP_EXTRAS, "with_remap_ce": REMAP_EXTRAS + (REMAP_CE_EXTRA,)}
     best = {name: float("inf") for name in runs}
     positions = 0
     for _ in range(repeat):

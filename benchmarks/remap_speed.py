@@ -251,13 +251,13 @@ def build_store_pair(cache_dir: Path, positions: int, seed: int = 0) -> Path:
 
 
 def _remap_schema(pivot, pm, clevel=None):
-    from tokalign.store import ExtraArray, StoreSchema
+    from tokalign.remap_store import REMAP_EXTRAS
+    from tokalign.store import StoreSchema
 
     extra = {} if clevel is None else {"compression_level": clevel}
     return StoreSchema(model="bench", tokenizer_fingerprint=pivot.schema.tokenizer_fingerprint, vocab_size=pm.pivot_vocab,
                        k=10, logits_dtype="float32", kind="remapped",
-                       extras=(ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
-                               ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool")), **extra)
+                       extras=REMAP_EXTRAS, **extra)
 
 
 def store_io_floor(pivot, source, out, p_fields, s_fields, threads: int, batch_tokens: int, scratch: Path) -> dict:

@@ -49,8 +49,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _timing import best_of  # noqa: E402
+from tokalign.remap_store import REMAP_EXTRAS  # noqa: E402
 from tokalign.store import (  # noqa: E402
-    ExtraArray,
     StoreSchema,
     StoreWriter,
     bf16_bits_to_float32,
@@ -239,8 +239,7 @@ def remap_batches(positions: int, k: int, seed: int) -> List[Any]:
 def writer_cost(batches: List[Any], k: int, codec: str, level: int, options: Dict[str, Any], url: str) -> Dict[str, float]:
     schema = StoreSchema(model="remap-like", tokenizer_fingerprint="x", vocab_size=32000, k=k, kind="remapped",
                          codec=codec, compression_level=level,
-                         extras=(ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
-                                 ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool")))
+                         extras=REMAP_EXTRAS)
     w = StoreWriter.create(url, schema, overwrite=True, **options)
     c0, t0 = time.process_time(), time.perf_counter()
     for ids, lengths, arrays in batches:

@@ -27,11 +27,11 @@ from tokalign.cli.remap import remapped_token_ce, token_byte_offsets  # noqa: E4
 from tokalign.errors import TokalignError  # noqa: E402
 from tokalign.remap import prepare_map  # noqa: E402
 from tokalign.remap_ce import CE_DEFINITION, source_nll_by_group  # noqa: E402
-from tokalign.remap_store import TokenBytes, remap_stores, remapped_token_ce_packed  # noqa: E402
-from tokalign.store import ExtraArray, StoreSchema, StoreWriter, open_store  # noqa: E402
+from tokalign.remap_store import (REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores,  # noqa: E402
+                                  remapped_token_ce_packed)
+from tokalign.store import StoreSchema, StoreWriter, open_store  # noqa: E402
 
-EXTRAS = (ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
-          ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool"), ExtraArray("remap_ce", "float32"))
+EXTRAS = REMAP_EXTRAS + (REMAP_CE_EXTRA,)
 
 
 # ---- the slow, obviously correct reference ---------------------------------------------------------------

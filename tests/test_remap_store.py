@@ -21,11 +21,11 @@ from tokalign import load_tokenizer, vocab  # noqa: E402
 from tokalign.cli import main  # noqa: E402
 from tokalign.errors import TokalignError  # noqa: E402
 from tokalign.remap import prepare_map  # noqa: E402
-from tokalign.remap_store import ChunkGather, TokenBytes, align_packed, plan_batches, remap_stores  # noqa: E402
-from tokalign.store import ExtraArray, StoreSchema, StoreWriter, open_store, open_writer  # noqa: E402
+from tokalign.remap_store import (REMAP_CE_EXTRA, REMAP_EXTRAS, ChunkGather, TokenBytes, align_packed,  # noqa: E402
+                                  plan_batches, remap_stores)
+from tokalign.store import StoreSchema, StoreWriter, open_store, open_writer  # noqa: E402
 
-EXTRAS = (ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
-          ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool"), ExtraArray("remap_ce", "float32"))
+EXTRAS = REMAP_EXTRAS + (REMAP_CE_EXTRA,)
 
 
 @pytest.fixture(scope="module")

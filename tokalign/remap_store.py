@@ -40,6 +40,7 @@ import numpy as np
 from .errors import TokalignError
 from .remap import KIND_NAMES, PreparedMap, remap_batch
 from .remap_ce import REMAP_CE_FIELD, source_nll_by_group, wants_remap_ce
+from .store.schema import ExtraArray
 
 #: pivot positions per batch (align, remap and write work on whole batches)
 BATCH_TOKENS = 1 << 17
@@ -49,6 +50,11 @@ CACHE_BYTES = 512 << 20
 #: rows, else row by row (index arrays: a Python loop per run would cost more than it saves)
 MIN_RUN_ROWS = 32
 SOURCE_FIELDS = ("input_ids", "topk_ids", "topk_logits", "logsumexp", "token_ce")
+#: per-position extras the output of :func:`remap_stores` must declare (its provenance); the diagnostic
+#: :data:`REMAP_CE_EXTRA` is optional (``tokalign remap`` declares it)
+REMAP_EXTRAS = (ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
+                ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool"))
+REMAP_CE_EXTRA = ExtraArray(REMAP_CE_FIELD, "float32")
 PIVOT_TOPK_FIELDS = ("topk_ids", "topk_logits", "logsumexp")
 ALIGN_PATHS = ("same_text", "text_diff", "text_diff_dtw", "empty")
 _TIE = {"fusechat": 0, "pivot_first": 0, "source_first": 1}
@@ -395,8 +401,8 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
     """Remap ``sample_ids`` (present in both stores) from ``source`` onto ``pivot`` and append them to ``writer``.
 
     ``pivot`` / ``source``: :class:`tokalign.store.StoreReader`; ``vocab_map``: a prepared (source x pivot)
-    map; ``writer``: a :class:`tokalign.store.StoreWriter` of kind "remapped" with the extras ``group_kind``,
-    ``retained_mass``, ``source_position``, ``remap_valid`` and optionally ``remap_ce`` (the caller closes it);
+    map; ``writer``: a :class:`tokalign.store.StoreWriter` of kind "remapped" with the extras
+    :data:`REMAP_EXTRAS` and optionally :data:`REMAP_CE_EXTRA` (the caller closes it);
     ``token_ce`` is :func:`tokalign.remap_ce.source_nll_by_group`; ``pivot_bytes`` /
     ``source_bytes``: the two tokenizers' token bytes. ``prefetch``: read ahead and write behind in two
     background threads (False: every stage in the calling thread, one after the other). ``progress(n)`` is

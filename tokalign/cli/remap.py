@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..errors import TokalignError
-from ..remap import INSIDE_POLICIES, KIND_NAMES, ONE_TO_MANY_POLICIES, RemapResult, concat_groups, prepare_map, remap_batch
+from ..remap import INSIDE_POLICIES, ONE_TO_MANY_POLICIES, RemapResult, concat_groups, prepare_map, remap_batch
 from ..remap_ce import CE_DEFINITION, REMAP_CE_FIELD, source_nll_by_group
 
 EPILOG = """examples:
@@ -180,8 +180,8 @@ def _tokenizer_name(schema: Any, given: str | None, which: str) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         from .. import load_tokenizer
-        from ..remap_store import TokenBytes, remap_stores
-        from ..store import ExtraArray, StoreSchema, open_store, open_writer
+        from ..remap_store import REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores
+        from ..store import StoreSchema, open_store, open_writer
         from ..vocab import VocabMap
     except ImportError as exc:  # the stages land separately; say which one is missing
         raise TokalignError(f"remap: this build lacks a pipeline stage it needs ({exc})") from exc
@@ -227,9 +227,7 @@ def run(args: argparse.Namespace) -> int:
                  "map": str(args.map_dir), "inside": args.inside, "one_to_many": args.one_to_many,
                  "source_model": b.schema.model, "source_fingerprint": b.schema.tokenizer_fingerprint,
                  "tokenizer": tok_p.name, "ce_definition": CE_DEFINITION},
-        extras=(ExtraArray("group_kind", "uint8"), ExtraArray("retained_mass", "float32"),
-                ExtraArray("source_position", "int32"), ExtraArray("remap_valid", "bool"),
-                ExtraArray(REMAP_CE_FIELD, "float32")),
+        extras=REMAP_EXTRAS + (REMAP_CE_EXTRA,),
         compression_level=int(level), codec=codec,
     )
     writer = open_writer(args.out, schema, flush_tokens=FLUSH_TOKENS)
