@@ -117,3 +117,24 @@ def build_pair(out_dir: Path, pivot_tok, source_tok, items: Sequence[CorpusItem]
     s = write_store(out_dir / "source.zarr", source_tok, list(source_items) if source_items is not None else items,
                     seed=seed + 1, **options)
     return {"pivot": p, "source": s}
+
+
+def real_pair(out_dir: Path, tokenizers_dir: Path, corpora_dir: Path, *, n_items: int, item_seed: int,
+              change_every: int, change_seed: int, seed: int, chunk_tokens: int) -> Dict[str, object]:
+    """The remap tests' world: openchat-3.5 pivot / internlm2 source stores (:func:`build_pair`, 300 tokens at
+    most) over ``n_items`` real code/math and Chinese chat texts, every ``change_every``-th source text changed
+    (:func:`with_changed_texts`), and their exact-match vocabulary map, saved in ``out_dir / "map"``.
+
+    Returns dir, tp, ts (the tokenizers), map (the VocabMap) and pm (its prepared form)."""
+    from tokalign import load_tokenizer, vocab
+    from tokalign.remap import prepare_map
+
+    tp = load_tokenizer("openchat", tokenizer_dir=tokenizers_dir)
+    ts = load_tokenizer("internlm2", tokenizer_dir=tokenizers_dir)
+    items = read_items([corpora_dir / "code_math.jsonl", corpora_dir / "chat_multiturn_zh.jsonl"],
+                       seed=item_seed)[:n_items]
+    build_pair(out_dir, tp, ts, items, source_items=with_changed_texts(items, every=change_every, seed=change_seed),
+               seed=seed, max_length=300, chunk_tokens=chunk_tokens)
+    m = vocab.em(tp, ts)
+    m.save(out_dir / "map")
+    return {"dir": out_dir, "tp": tp, "ts": ts, "map": m, "pm": prepare_map(m.matrix)}

@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from remap_ce_reference import remapped_token_ce_packed_reference, source_nll_by_group_reference  # noqa: E402
 from remap_reference import random_groups  # noqa: E402
 from remap_store_reference import remap_per_sample  # noqa: E402
-from remap_stores import build_pair, read_items, with_changed_texts  # noqa: E402
+from remap_stores import real_pair  # noqa: E402
 
 from fusion_train.losses import TeacherTargets, min_ce_choice  # noqa: E402
-from tokalign import load_tokenizer, vocab  # noqa: E402
+from tokalign import vocab  # noqa: E402
 from tokalign.align import span  # noqa: E402
 from tokalign.cli import main  # noqa: E402
 from tokalign.cli.remap import remapped_token_ce, token_byte_offsets  # noqa: E402
@@ -74,15 +74,9 @@ def _groups(tp, ts, pivot_ids, source_ids):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tokenizers_dir, corpora_dir):
     """openchat pivot / internlm2 source stores over 30 real texts (some truncated, some texts changed)."""
-    tp = load_tokenizer("openchat", tokenizer_dir=tokenizers_dir)
-    ts = load_tokenizer("internlm2", tokenizer_dir=tokenizers_dir)
-    items = read_items([corpora_dir / "code_math.jsonl", corpora_dir / "chat_multiturn_zh.jsonl"], seed=5)[:30]
-    d = tmp_path_factory.mktemp("remap_ce")
-    build_pair(d, tp, ts, items, source_items=with_changed_texts(items, every=4, seed=2), seed=11, max_length=300,
-               chunk_tokens=512)
-    m = vocab.em(tp, ts)
-    m.save(d / "map")
-    pm = prepare_map(m.matrix)
+    w0 = real_pair(tmp_path_factory.mktemp("remap_ce"), tokenizers_dir, corpora_dir, n_items=30, item_seed=5,
+                   change_every=4, change_seed=2, seed=11, chunk_tokens=512)
+    d, tp, ts, pm = w0["dir"], w0["tp"], w0["ts"], w0["pm"]
     a, b = open_store(str(d / "pivot.zarr")), open_store(str(d / "source.zarr"))
     schema = StoreSchema(model="t", tokenizer_fingerprint=a.schema.tokenizer_fingerprint, vocab_size=pm.pivot_vocab,
                          k=6, logits_dtype="float32", kind="remapped", extras=EXTRAS)

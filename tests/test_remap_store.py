@@ -15,12 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from remap_store_reference import remap_per_sample  # noqa: E402
-from remap_stores import build_pair, read_items, with_changed_texts  # noqa: E402
+from remap_stores import real_pair  # noqa: E402
 
-from tokalign import load_tokenizer, vocab  # noqa: E402
 from tokalign.cli import main  # noqa: E402
 from tokalign.errors import TokalignError  # noqa: E402
-from tokalign.remap import prepare_map  # noqa: E402
 from tokalign.remap_store import (REMAP_CE_EXTRA, REMAP_EXTRAS, ChunkGather, TokenBytes, align_packed,  # noqa: E402
                                   plan_batches, remap_stores)
 from tokalign.store import StoreSchema, StoreWriter, open_store, open_writer  # noqa: E402
@@ -31,15 +29,8 @@ EXTRAS = REMAP_EXTRAS + (REMAP_CE_EXTRA,)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tokenizers_dir, corpora_dir):
     """openchat pivot / internlm2 source stores over ~40 real texts (tiny chunks: many chunk boundaries)."""
-    tp = load_tokenizer("openchat", tokenizer_dir=tokenizers_dir)
-    ts = load_tokenizer("internlm2", tokenizer_dir=tokenizers_dir)
-    items = read_items([corpora_dir / "code_math.jsonl", corpora_dir / "chat_multiturn_zh.jsonl"], seed=3)[:40]
-    d = tmp_path_factory.mktemp("remap_store")
-    build_pair(d, tp, ts, items, source_items=with_changed_texts(items, every=5, seed=1), seed=7, max_length=300,
-               chunk_tokens=256)
-    m = vocab.em(tp, ts)
-    m.save(d / "map")
-    return {"dir": d, "tp": tp, "ts": ts, "map": m, "pm": prepare_map(m.matrix)}
+    return real_pair(tmp_path_factory.mktemp("remap_store"), tokenizers_dir, corpora_dir, n_items=40, item_seed=3,
+                     change_every=5, change_seed=1, seed=7, chunk_tokens=256)
 
 
 def _schema(pivot, pm, k):
