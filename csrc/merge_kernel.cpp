@@ -229,76 +229,69 @@ void finish_sce(const float* __restrict num, const float* __restrict den, const 
     }
 }
 
+// Histograms of M sets of n elements, in blocks on T threads: count(m, s, e, h) adds the bins of elements
+// [s, e) of set m to h (`bins` counters). Returns the M x bins totals.
+template <class CountFn>
+std::vector<uint64_t> block_histograms(int64_t n, size_t M, size_t bins, int T, CountFn count) {
+    const int64_t nb = (n + BLOCK - 1) / BLOCK;
+    std::vector<uint64_t> total(M * bins, 0);
+#pragma omp parallel num_threads(T)
+    {
+        std::vector<uint32_t> h(M * bins, 0);
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
+            for (size_t m = 0; m < M; ++m) count(m, s, e, h.data() + m * bins);
+        }
+#pragma omp critical(tokalign_merge_hist)
+        for (size_t i = 0; i < h.size(); ++i) total[i] += h[i];
+    }
+    return total;
+}
+
+// The bin holding the k-th largest element of a histogram (counting from the top bin); *rank = k's rank
+// inside that bin. Bin 0 with *rank = k when the histogram holds fewer than k elements.
+inline uint32_t bin_of_kth_largest(const uint64_t* hist, int64_t bins, int64_t k, int64_t* rank) {
+    int64_t cum = 0;
+    *rank = k;
+    for (int64_t b = bins - 1; b >= 0; --b) {
+        const int64_t c = static_cast<int64_t>(hist[b]);
+        if (cum + c >= k) {
+            *rank = k - cum;
+            return static_cast<uint32_t>(b);
+        }
+        cum += c;
+    }
+    return 0;
+}
+
 // Exact k-th largest key per set m = 0..M-1 (key(m, i): uint32 whose unsigned order is the value order),
 // by two sweeps of radix histograms: the top 16 bits (hi_bins of them can occur), then the low 16 bits
 // among the elements in the bin holding the k-th largest. Returns the keys (ks[m] in 1..n).
 template <class KeyFn>
 std::vector<uint32_t> radix_select(int64_t n, size_t M, const std::vector<int64_t>& ks, int requested_threads,
                                    int hi_bins, KeyFn key) {
-    const int64_t nb = (n + BLOCK - 1) / BLOCK;
-    const int T = thread_count(requested_threads, nb);
+    const int T = thread_count(requested_threads, (n + BLOCK - 1) / BLOCK);
     const size_t H = static_cast<size_t>(hi_bins);
-    std::vector<uint64_t> hi_total(M * H, 0), lo_total(M * LO_BINS, 0);
-#pragma omp parallel num_threads(T)
-    {
-        std::vector<uint32_t> h(M * H, 0);
-#pragma omp for schedule(static)
-        for (int64_t blk = 0; blk < nb; ++blk) {
-            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
-            for (size_t m = 0; m < M; ++m) {
-                uint32_t* hm = h.data() + m * H;
-                for (int64_t i = s; i < e; ++i) ++hm[key(m, i) >> 16];
-            }
+    auto count_hi = [&](size_t m, int64_t s, int64_t e, uint32_t* hm) {
+        for (int64_t i = s; i < e; ++i) ++hm[key(m, i) >> 16];
+    };
+    const std::vector<uint64_t> hi_total = block_histograms(n, M, H, T, count_hi);
+    std::vector<uint32_t> bin(M, 0);  // bin holding the k-th largest, and its rank inside the bin
+    std::vector<int64_t> rank(M, 0);
+    for (size_t m = 0; m < M; ++m) bin[m] = bin_of_kth_largest(hi_total.data() + m * H, hi_bins, ks[m], &rank[m]);
+    auto count_lo = [&](size_t m, int64_t s, int64_t e, uint32_t* hm) {  // inside the bin found above
+        const uint32_t want = bin[m];
+        for (int64_t i = s; i < e; ++i) {
+            const uint32_t k = key(m, i);
+            if ((k >> 16) == want) ++hm[k & 0xffffu];
         }
-#pragma omp critical(tokalign_merge_hist)
-        for (size_t i = 0; i < h.size(); ++i) hi_total[i] += h[i];
-    }
-    // bin holding the k-th largest, and its rank inside the bin
-    std::vector<uint32_t> bin(M, 0);
-    std::vector<int64_t> rank(ks);
-    for (size_t m = 0; m < M; ++m) {
-        int64_t cum = 0;
-        for (int64_t b = hi_bins - 1; b >= 0; --b) {
-            const int64_t c = static_cast<int64_t>(hi_total[m * H + static_cast<size_t>(b)]);
-            if (cum + c >= ks[m]) {
-                bin[m] = static_cast<uint32_t>(b);
-                rank[m] = ks[m] - cum;
-                break;
-            }
-            cum += c;
-        }
-    }
-#pragma omp parallel num_threads(T)
-    {
-        std::vector<uint32_t> h(M * LO_BINS, 0);
-#pragma omp for schedule(static)
-        for (int64_t blk = 0; blk < nb; ++blk) {
-            const int64_t s = blk * BLOCK, e = std::min(n, s + BLOCK);
-            for (size_t m = 0; m < M; ++m) {
-                const uint32_t want = bin[m];
-                uint32_t* hm = h.data() + m * LO_BINS;
-                for (int64_t i = s; i < e; ++i) {
-                    const uint32_t k = key(m, i);
-                    if ((k >> 16) == want) ++hm[k & 0xffffu];
-                }
-            }
-        }
-#pragma omp critical(tokalign_merge_hist)
-        for (size_t i = 0; i < h.size(); ++i) lo_total[i] += h[i];
-    }
+    };
+    const std::vector<uint64_t> lo_total = block_histograms(n, M, LO_BINS, T, count_lo);
     std::vector<uint32_t> out(M);
     for (size_t m = 0; m < M; ++m) {
-        int64_t cum = 0;
-        uint32_t low = 0;
-        for (int b = LO_BINS - 1; b >= 0; --b) {
-            const int64_t c = static_cast<int64_t>(lo_total[m * LO_BINS + b]);
-            if (cum + c >= rank[m]) {
-                low = static_cast<uint32_t>(b);
-                break;
-            }
-            cum += c;
-        }
-        out[m] = (bin[m] << 16) | low;
+        int64_t unused;
+        out[m] = (bin[m] << 16) | bin_of_kth_largest(lo_total.data() + m * LO_BINS, LO_BINS, rank[m], &unused);
     }
     return out;
 }
