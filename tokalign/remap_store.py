@@ -225,7 +225,8 @@ class ChunkGather:
         self._cached_bytes -= sum(v.nbytes for v in piece.values())
 
     @staticmethod
-    def _runs(part: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _runs(part: np.ndarray, lo: np.ndarray,
+              hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Consecutive samples whose rows follow on in the store, merged: (first sample, part, lo, hi) per run."""
         nonempty = np.flatnonzero(hi > lo)
         part, lo, hi = part[nonempty], lo[nonempty], hi[nonempty]
