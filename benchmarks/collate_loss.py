@@ -5,7 +5,7 @@ pairwise setting: B samples up to L tokens, top-K of a V vocabulary) and the sam
 ``[B, L, V]`` (requires_grad), and run: collate the features into targets, MinCE per sequence,
 cross-entropy against the renormalised top-k over the attention mask, backward to the logits.
 
-- ours: :class:`fusion_train.data.FusionCollator` + :func:`fusion_train.losses.fusion_loss`
+- ours: :class:`fusion_train.fuse.data.FusionCollator` + :func:`fusion_train.fuse.losses.fusion_loss`
   (sparse ``[B, L, K]`` targets, gather).
 - dense: re-implementation of FuseChat's collator / DistillTrainer algorithm: per position in a
   Python loop, ``softmax(top-k logits)`` in bf16 scattered into a zero ``[B, L, V]`` bf16 target
@@ -157,13 +157,13 @@ def dense_loss(logits, batch):
 
 
 def ours_collate(items):
-    from fusion_train.data import FusionCollator
+    from fusion_train.fuse.data import FusionCollator
 
     return FusionCollator(pad_token_id=PAD_ID)(items)
 
 
 def ours_loss(logits, batch):
-    from fusion_train.losses import TeacherTargets, fusion_loss
+    from fusion_train.fuse.losses import TeacherTargets, fusion_loss
 
     teachers = [TeacherTargets.from_dict(t) for t in batch["teachers"]]
     return fusion_loss(logits, teachers, mask=batch["fusion_mask"], granularity="sequence", kind="ce").loss

@@ -585,7 +585,7 @@ def _dump_device(cfg: BenchConfig) -> str:
 def build_maps(bench: Bench, data_dir: Path) -> Dict[str, Path]:
     """build-stats over the pretrain + fusion texts (span alignment), then vocab-map em / mined / ms."""
     from tokalign import vocab
-    from tokalign.build_stats import BuildOptions, build_stats, summary_line
+    from tokalign.stats.build import BuildOptions, build_stats, summary_line
 
     key = {"data": bench.data_key(), "pivot": bench.pivot_tok.fingerprint, "source": bench.source_tok.fingerprint}
 
@@ -611,7 +611,7 @@ def build_maps(bench: Bench, data_dir: Path) -> Dict[str, Path]:
 
 def remap_store(bench: Bench, method: str, map_dir: Path, pivot_store: Path, source_store: Path) -> Path:
     """``tokalign remap`` (the CLI, in process) of the source store onto the pivot with one map."""
-    from tokalign.remap_ce import CE_DEFINITION
+    from tokalign.remap.ce import CE_DEFINITION
 
     # the CE definition is part of the key: stores remapped under an older one carry other token_ce / seq_ce
     key = {"pivot": bench.store_key("pivot"), "source": bench.store_key("source"), "map": str(map_dir.parent.name),
@@ -675,7 +675,7 @@ def _source_seq_ce(bench: Bench, variant: str, remapped: Mapping[str, Path], sou
     if bench.cfg.minCE_metric != "fusechat" or variant not in remapped or source_store is None:
         yield
         return
-    import fusion_train.fuse_cli as fuse_cli
+    import fusion_train.fuse.cli as fuse_cli
     from tokalign.store import open_store
 
     src = open_store(str(source_store))

@@ -33,7 +33,7 @@ from tokalign.paths import shared_corpora, shared_tokenizers  # noqa: E402
 def mined_bench(threads: int) -> dict:
     import tokalign
     from tokalign import _core
-    from tokalign.cuda_ops import mined_search
+    from tokalign.vocab.mined_cuda import mined_search
     from tokalign.vocab import _common as C
 
     pivot = tokalign.load_tokenizer(str(shared_tokenizers() / "openchat-3.5"))
@@ -93,7 +93,7 @@ def dtw_pairs(n_pairs: int, length: int):
 def dtw_bench(threads: int, n_pairs: int, length: int) -> dict:
     from tokalign import _core
     from tokalign.align import TokenTable
-    from tokalign.cuda_ops import dtw_batch
+    from tokalign.align.cuda import dtw_batch
 
     p_raw, s_raw, P, S = dtw_pairs(n_pairs, length)
     tp, ts = TokenTable(p_raw), TokenTable(s_raw)

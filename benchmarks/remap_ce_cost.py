@@ -1,4 +1,4 @@
-"""Cost of the remapped store's token_ce (tokalign.remap_ce.source_nll_by_group, the source's NLL carried through
+"""Cost of the remapped store's token_ce (tokalign.remap.ce.source_nll_by_group, the source's NLL carried through
 the alignment groups) against the previous token_ce (remapped_token_ce_packed, now the optional ``remap_ce``
 extra), measured in the same run, process CPU seconds, best of ``--repeat``.
 
@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from remap_reference import random_groups  # noqa: E402
 
-from tokalign.remap_ce import source_nll_by_group  # noqa: E402
-from tokalign.remap_store import remapped_token_ce_packed  # noqa: E402
+from tokalign.remap.ce import source_nll_by_group  # noqa: E402
+from tokalign.remap.stores import remapped_token_ce_packed  # noqa: E402
 
 
 def best_cpu(fn, repeat: int) -> float:
@@ -70,7 +70,7 @@ def store_mode(repeat: int, tmp: Path) -> dict:
     from tokalign import load_tokenizer, vocab
     from tokalign.paths import shared_corpora, shared_tokenizers
     from tokalign.remap import prepare_map
-    from tokalign.remap_store import REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores
+    from tokalign.remap.stores import REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores
     from tokalign.store import StoreSchema, StoreWriter, open_store
 
     td, cd = shared_tokenizers(), shared_corpora()

@@ -189,7 +189,7 @@ def array_mode(args) -> dict:
     if args.torch:
         import torch
 
-        from tokalign.remap_torch import prepare_map_torch, remap_batch_torch
+        from tokalign.remap.torch_path import prepare_map_torch, remap_batch_torch
 
         dev = torch.device(args.device)
         tm = prepare_map_torch(vmap, dev)
@@ -226,7 +226,7 @@ def build_store_pair(cache_dir: Path, positions: int, seed: int = 0) -> Path:
     from remap_stores import build_pair, read_items
 
     from tokalign import load_tokenizer, vocab
-    from tokalign.build_stats import BuildOptions, build_stats
+    from tokalign.stats.build import BuildOptions, build_stats
     from tokalign.paths import shared_corpora
 
     d = cache_dir / f"remap-store-{PIVOT_TOKENIZER}-{SOURCE_TOKENIZER}-{positions}-seed{seed}-v1"
@@ -251,7 +251,7 @@ def build_store_pair(cache_dir: Path, positions: int, seed: int = 0) -> Path:
 
 
 def _remap_schema(pivot, pm, clevel=None):
-    from tokalign.remap_store import REMAP_EXTRAS
+    from tokalign.remap.stores import REMAP_EXTRAS
     from tokalign.store import StoreSchema
 
     extra = {} if clevel is None else {"compression_level": clevel}
@@ -321,7 +321,7 @@ def store_mode(args) -> dict:
     from tokalign import load_tokenizer
     from tokalign.cli import main as cli_main
     from tokalign.cli.remap import FLUSH_TOKENS, OUTPUT_COMPRESSION_LEVEL
-    from tokalign.remap_store import SOURCE_FIELDS, TokenBytes, remap_stores
+    from tokalign.remap.stores import SOURCE_FIELDS, TokenBytes, remap_stores
     from tokalign.store import StoreWriter, open_store, open_writer
     from tokalign.vocab import VocabMap
 

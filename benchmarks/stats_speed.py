@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 import tokalign  # noqa: E402
 from tokalign import align  # noqa: E402
-from tokalign.build_stats import BuildOptions, build_stats  # noqa: E402
+from tokalign.stats.build import BuildOptions, build_stats  # noqa: E402
 from tokalign.corpus import Corpus  # noqa: E402
 from tokalign.paths import shared_corpora, shared_tokenizers  # noqa: E402
 

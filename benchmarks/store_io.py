@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _timing import best_of  # noqa: E402
-from tokalign.remap_store import REMAP_EXTRAS  # noqa: E402
+from tokalign.remap.stores import REMAP_EXTRAS  # noqa: E402
 from tokalign.store import (  # noqa: E402
     StoreSchema,
     StoreWriter,

@@ -7,7 +7,7 @@ import sys
 
 from tokalign.cli.common import dispatch, register_modules
 
-SUBCOMMANDS = {"fuse": "fusion_train.fuse_cli", "merge": "fusion_train.merge.cli"}
+SUBCOMMANDS = {"fuse": "fusion_train.fuse.cli", "merge": "fusion_train.merge.cli"}
 
 EPILOG = """examples:
   fusion-train fuse --model pivot/ --pivot-store pivot.zarr --teacher-store src.zarr --output-dir target/

@@ -1,6 +1,6 @@
 """In-memory stores and a tiny model for tests, examples and benchmarks.
 
-:class:`InMemoryReader` satisfies :class:`fusion_train.data.StoreReader` (``len``, ``[i]``,
+:class:`InMemoryReader` satisfies :class:`fusion_train.fuse.data.StoreReader` (``len``, ``[i]``,
 ``sample_ids``, ``by_id``, ``attrs``) over a list of sample dicts; :func:`random_samples` builds sample
 dicts with the docs/architecture.md contract from random teacher logits.
 """

@@ -12,7 +12,7 @@ from tokalign.errors import TokalignError
 def source_nll_by_group_reference(source_ce: np.ndarray, source_offsets: np.ndarray, groups: np.ndarray,
                         group_offsets: np.ndarray, pivot_offsets: np.ndarray, *,
                         source_lse: Optional[np.ndarray] = None) -> np.ndarray:
-    """numpy version of :func:`tokalign.remap_ce.source_nll_by_group` (what the library used before its C++ port).
+    """numpy version of :func:`tokalign.remap.ce.source_nll_by_group` (what the library used before its C++ port).
 
     ``source_ce`` float [Ns]: the source store's ``token_ce`` of the concatenated source sequences
     (``source_offsets`` [S + 1]); ``groups`` int [G, 4] ``(p0, p1, s0, s1)`` relative to each sequence,
@@ -81,7 +81,7 @@ def source_nll_by_group_reference(source_ce: np.ndarray, source_offsets: np.ndar
 
 def remapped_token_ce_packed_reference(topk_ids: np.ndarray, topk_logits: np.ndarray, retained_mass: np.ndarray,
                              valid: np.ndarray, input_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """numpy version of :func:`tokalign.remap_store.remapped_token_ce_packed` (before its C++ port)."""
+    """numpy version of :func:`tokalign.remap.stores.remapped_token_ce_packed` (before its C++ port)."""
     n = int(topk_ids.shape[0])
     ce = np.zeros(n, np.float32)
     if n < 2:

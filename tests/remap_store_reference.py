@@ -1,4 +1,4 @@
-"""The per-sample store-to-store remap that ``tokalign remap`` ran before tokalign.remap_store: samples read one
+"""The per-sample store-to-store remap that ``tokalign remap`` ran before tokalign.remap.stores: samples read one
 by one with ``by_id``, each aligned in Python (token bytes -> text + offsets -> ``align.span`` with the text
 diff), 64 samples remapped per kernel call, written as sample dicts. Kept as the reference the fast path must
 reproduce exactly (tests/test_remap_store.py) and as the baseline of benchmarks/remap_speed.py."""
@@ -11,7 +11,7 @@ import numpy as np
 from tokalign.align import span
 from tokalign.cli.remap import build_samples, remap_samples, token_byte_offsets
 from tokalign.errors import TokalignError
-from tokalign.remap_ce import wants_remap_ce
+from tokalign.remap.ce import wants_remap_ce
 
 BATCH_SAMPLES = 64
 

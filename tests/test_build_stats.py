@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import tokalign
-from tokalign.build_stats import BuildOptions, build_stats
+from tokalign.stats.build import BuildOptions, build_stats
 from tokalign.cli import main
 from tokalign.stats import MappingStats
 
@@ -123,7 +123,7 @@ def test_interrupted_run_leaves_nothing_complete(tmp_path, tokenizers_dir, corpo
     """SIGKILL mid-run: the output folder never appears (only a hidden temp dir may remain)."""
     out = tmp_path / "killed"
     code = (
-        "import sys, tokalign.stats as s\n"
+        "import sys, tokalign.stats.matrix as s\n"
         "orig = s.save_sparse_npz\n"
         "def boom(path, m):\n"
         "    orig(path, m)\n"

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 import tokalign
-from tokalign import _core, cuda_ops
+from tokalign import _core
+from tokalign.align import cuda as cuda_ops
 from tokalign.cli import main
 from tokalign.device import cuda_available, resolve_device
 from tokalign.errors import TokalignError
@@ -359,7 +360,7 @@ def test_gpu_kernels_equal_their_host_emulation(text_pairs, vocab_pair):
 def test_gpu_fallbacks_to_cpu():
     """Pairs / rows the GPU does not take come back from the CPU in the same call, identical."""
     from tokalign.align import TokenTable, batch
-    from tokalign.cuda_ops import mined_search
+    from tokalign.vocab.mined_cuda import mined_search
 
     long_a, long_b = "y" * 80 + "a", "y" * 80 + "b"
     toks = ["▁a", "b", long_a, long_b, "c"]

@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from fusion_train import fuse_cli
+from fusion_train.fuse import cli as fuse_cli
 from fusion_train.cli import main
-from fusion_train.config import FusionConfig
-from fusion_train.data import FusionCollator, FusionDataset
-from fusion_train.losses import sft_loss
+from fusion_train.fuse.config import FusionConfig
+from fusion_train.fuse.data import FusionCollator, FusionDataset
+from fusion_train.fuse.losses import sft_loss
 from fusion_train.testing import InMemoryReader, random_samples, remapped_like, tiny_llama
-from fusion_train.trainer import FusionTrainer
+from fusion_train.fuse.trainer import FusionTrainer
 
 V, K = 320, 8
 FP = "e" * 64

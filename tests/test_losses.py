@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from tokalign.errors import TokalignError
-from fusion_train.data import FusionCollator, FusionDataset
-from fusion_train.losses import (
+from fusion_train.fuse.data import FusionCollator, FusionDataset
+from fusion_train.fuse.losses import (
     TeacherTargets,
     combine_losses,
     fusion_loss,

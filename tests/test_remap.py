@@ -208,7 +208,7 @@ def _devices():
 @pytest.mark.parametrize("inside,one_to_many", POLICIES)
 def test_torch_path_matches_numpy_path(inside, one_to_many):
     torch = pytest.importorskip("torch")
-    from tokalign.remap_torch import prepare_map_torch, remap_batch_torch
+    from tokalign.remap.torch_path import prepare_map_torch, remap_batch_torch
 
     rng = np.random.default_rng(11)
     b = _random_batch(rng, n_seq=20)
@@ -310,7 +310,7 @@ def test_real_pairs_next_token_semantics(tokenizers_dir, corpora_dir, _real_cach
 @pytest.mark.parametrize("pivot,source", _PAIRS[:1])
 def test_real_pair_torch_agrees(tokenizers_dir, corpora_dir, _real_cache, pivot, source):
     pytest.importorskip("torch")
-    from tokalign.remap_torch import remap_batch_torch
+    from tokalign.remap.torch_path import remap_batch_torch
 
     b = _real_batch(tokenizers_dir, corpora_dir, pivot, source, _real_cache)
     ref = _run_numpy(b, k_out=10, one_to_many="weighted")
@@ -450,7 +450,7 @@ def test_bad_input_raises_clear_error(case, match):
 
 def test_torch_bad_input_and_nonfinite_match_numpy():
     pytest.importorskip("torch")
-    from tokalign.remap_torch import remap_batch_torch
+    from tokalign.remap.torch_path import remap_batch_torch
 
     vmap = _tiny_map()
     g = np.array([[0, 1, 0, 1], [1, 2, 1, 2]])

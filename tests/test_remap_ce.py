@@ -1,4 +1,4 @@
-"""token_ce / seq_ce of remapped stores (tokalign.remap_ce): the source model's own NLL of the text carried onto
+"""token_ce / seq_ce of remapped stores (tokalign.remap.ce): the source model's own NLL of the text carried onto
 pivot positions through the alignment groups, against a slow loop over groups, on real tokenizer stores; the sum
 property; a source identical to the pivot giving exactly the pivot's CE; fusion_train's MinCE on the values."""
 from __future__ import annotations
@@ -19,15 +19,15 @@ from remap_reference import random_groups  # noqa: E402
 from remap_store_reference import remap_per_sample  # noqa: E402
 from remap_stores import real_pair  # noqa: E402
 
-from fusion_train.losses import TeacherTargets, min_ce_choice  # noqa: E402
+from fusion_train.fuse.losses import TeacherTargets, min_ce_choice  # noqa: E402
 from tokalign import vocab  # noqa: E402
 from tokalign.align import span  # noqa: E402
 from tokalign.cli import main  # noqa: E402
 from tokalign.cli.remap import remapped_token_ce, token_byte_offsets  # noqa: E402
 from tokalign.errors import TokalignError  # noqa: E402
 from tokalign.remap import prepare_map  # noqa: E402
-from tokalign.remap_ce import CE_DEFINITION, source_nll_by_group  # noqa: E402
-from tokalign.remap_store import (REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores,  # noqa: E402
+from tokalign.remap.ce import CE_DEFINITION, source_nll_by_group  # noqa: E402
+from tokalign.remap.stores import (REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores,  # noqa: E402
                                   remapped_token_ce_packed)
 from tokalign.store import StoreSchema, StoreWriter, open_store  # noqa: E402
 
@@ -188,7 +188,7 @@ def test_source_identical_to_pivot_gives_the_pivot_ce(world, tmp_path):
 def test_min_ce_on_the_remapped_store(world):
     """fusion_train's FusionDataset + FusionCollator + min_ce_choice on the pivot and the remapped store: per
     sequence the teacher with the lower stored seq_ce; per token the lower token_ce (with a valid slot)."""
-    from fusion_train.data import FusionCollator, FusionDataset
+    from fusion_train.fuse.data import FusionCollator, FusionDataset
 
     a, out = world["pivot"], world["out"]
     ds = FusionDataset(a, [out])

@@ -1,4 +1,4 @@
-"""Store-to-store remap (tokalign.remap_store, the engine of `tokalign remap`) against the per-sample path it
+"""Store-to-store remap (tokalign.remap.stores, the engine of `tokalign remap`) against the per-sample path it
 replaced (tests/remap_store_reference.py), on stores built with real tokenizers from real texts: the two stores
 are ordered differently (each by its own token counts), some samples are truncated, and some source texts
 genuinely differ from the pivot texts (inserted / dropped words, a template around the text)."""
@@ -19,7 +19,7 @@ from remap_stores import real_pair  # noqa: E402
 
 from tokalign.cli import main  # noqa: E402
 from tokalign.errors import TokalignError  # noqa: E402
-from tokalign.remap_store import (REMAP_CE_EXTRA, REMAP_EXTRAS, ChunkGather, TokenBytes, align_packed,  # noqa: E402
+from tokalign.remap.stores import (REMAP_CE_EXTRA, REMAP_EXTRAS, ChunkGather, TokenBytes, align_packed,  # noqa: E402
                                   plan_batches, remap_stores)
 from tokalign.store import StoreSchema, StoreWriter, open_store, open_writer  # noqa: E402
 

@@ -30,13 +30,12 @@ def formatter():
 
 
 def register_modules(subparsers, modules) -> None:
-    """Let each subcommand module that exists add its parser (``register(subparsers)``)."""
+    """Let each subcommand module add its parser (``register(subparsers)``). A module that is missing
+    (a misspelled registry entry) raises ImportError here instead of silently dropping its command."""
     import importlib
-    import importlib.util
 
     for module in modules:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(subparsers)
+        importlib.import_module(module).register(subparsers)
 
 
 def dispatch(parser: argparse.ArgumentParser, argv, prog: str) -> int:

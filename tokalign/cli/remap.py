@@ -1,4 +1,4 @@
-"""``tokalign remap``: project a source model's store onto the pivot vocabulary (engine: tokalign.remap_store).
+"""``tokalign remap``: project a source model's store onto the pivot vocabulary (engine: tokalign.remap.stores).
 
 Written against the contracts of ``tokalign.store`` / ``tokalign.align`` / ``tokalign.vocab``
 (docs/architecture.md); those modules are imported inside :func:`run`, so the pure helpers below
@@ -99,7 +99,7 @@ def token_byte_offsets(token_texts: Sequence[bytes], ids: np.ndarray) -> Tuple[s
 def remapped_token_ce(result: Mapping[str, np.ndarray], input_ids: np.ndarray) -> np.ndarray:
     """Cross-entropy of each remapped distribution on the next pivot token (the ``remap_ce`` diagnostic):
     -log q(next) when the token is kept, else -log(tail mass) (a lower bound, since q(next) <= 1 - retained);
-    0 for the last position and for invalid positions. Not the store's ``token_ce`` (see tokalign.remap_ce)."""
+    0 for the last position and for invalid positions. Not the store's ``token_ce`` (see tokalign.remap.ce)."""
     from ..remap_store import remapped_token_ce_packed
 
     n = int(result["topk_ids"].shape[0])
@@ -111,7 +111,7 @@ def build_samples(sample_ids: Sequence[str], pivot_samples: Sequence[Mapping[str
                   source_samples: Sequence[Mapping[str, Any]], groups: Sequence[np.ndarray], *,
                   remap_ce: bool = True) -> List[Dict[str, Any]]:
     """Output sample dicts (store contract) for one remapped batch: ``token_ce`` is the source's NLL carried
-    through ``groups`` (:func:`tokalign.remap_ce.source_nll_by_group`, computed for the whole batch at once);
+    through ``groups`` (:func:`tokalign.remap.ce.source_nll_by_group`, computed for the whole batch at once);
     ``remap_ce`` adds the diagnostic :func:`remapped_token_ce` (the output schema must declare it)."""
     g, go = concat_groups(groups)
     s_off = np.r_[0, np.cumsum([len(s["input_ids"]) for s in source_samples])].astype(np.int64)

@@ -67,7 +67,7 @@ def search(
     from ..device import resolve_device
 
     if resolve_device(device) == "cuda":
-        from ..cuda_ops import mined_search as _mined_cuda
+        from .mined_cuda import mined_search as _mined_cuda
 
         cand = ~C.special_mask(pivot)
         ids, dists, gstats = _mined_cuda(p_texts, cand, C.preference_rank(pivot), s_texts, query, top_n, threads)

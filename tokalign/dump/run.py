@@ -25,9 +25,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import __version__
-from .corpus import Corpus, CorpusItem
-from .errors import TokalignError
+from .. import __version__
+from ..corpus import Corpus, CorpusItem
+from ..errors import TokalignError
 
 TEMPLATES = ("plain", "chat")
 SPECIAL_TOKEN_POLICIES = ("auto", "add", "none")
@@ -318,7 +318,7 @@ def _resolve_model_source(spec: Union[str, "os.PathLike[str]"]) -> Tuple[str, st
     p = Path(s).expanduser()
     if p.exists():
         return str(p), str(p.resolve())
-    from .tokenize import lookup_alias
+    from ..tokenize import lookup_alias
 
     alias = lookup_alias(s)
     if alias is not None and alias.hub_id:
@@ -455,10 +455,10 @@ def dump_logits(model, tokenizer, corpus, out_url: Union[str, "os.PathLike[str]"
     import torch
     from tqdm import tqdm
 
-    from .store import StoreSchema, StoreWriter, store_status
-    from .store import _zarrio
-    from .store.schema import part_name
-    from .tokenize import Tokenizer, load_tokenizer
+    from ..store import StoreSchema, StoreWriter, store_status
+    from ..store import _zarrio
+    from ..store.schema import part_name
+    from ..tokenize import Tokenizer, load_tokenizer
 
     rank, world_size = _rank_world(rank, world_size)
     if top_k < 1:

@@ -48,8 +48,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core
-from .errors import TokalignError
+from .. import _core
+from ..errors import TokalignError
 
 __all__ = ["Alignment", "TokenTable", "dtw", "span", "batch", "KINDS"]
 
@@ -70,7 +70,7 @@ class TokenTable(_core.TokenTable):
         super().__init__(tokens, weights)
         self.tokens: List[Optional[str]] = tokens
         self.weights: Optional[List[int]] = None if weights is None else [int(w) for w in weights]
-        self._cuda_table = None  # tokalign._cuda.DtwTable, made by tokalign.cuda_ops on first use
+        self._cuda_table = None  # tokalign._cuda.DtwTable, made by tokalign.align.cuda on first use
 
 
 BandArg = Union[None, str, int]
@@ -381,10 +381,10 @@ def batch(pivot_ids: Optional[Sequence] = None, source_ids: Optional[Sequence] =
         pt, st = pivot_table, source_table
         pids = [_ids(s, pt, "pivot", k) for k, s in enumerate(pivot_ids)]
         sids = [_ids(s, st, "source", k) for k, s in enumerate(source_ids)]
-    from .device import resolve_device
+    from ..device import resolve_device
 
     if resolve_device(device) == "cuda" and (getattr(pt, "tokens", None) is not None or device == "cuda"):
-        from .cuda_ops import dtw_batch as _dtw_batch_cuda
+        from .cuda import dtw_batch as _dtw_batch_cuda
 
         raws, _ = _dtw_batch_cuda(pt, pids, st, sids, tie, code, int(num_threads))
     else:

@@ -15,7 +15,7 @@ position's distribution) or ``"weighted"`` (average of the group's source distri
 proportional to their mapped mass; see :data:`WEIGHTED_DEFINITION`).
 
 The heavy lifting runs in C++ (``tokalign._core.remap_topk``: OpenMP over groups, GIL released).
-:mod:`tokalign.remap_torch` is the vectorised torch/GPU path with the same semantics.
+:mod:`tokalign.remap.torch_path` is the vectorised torch/GPU path with the same semantics.
 
 Inputs (ragged, concatenated, as the store holds them)::
 
@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import TokalignError
+from ..errors import TokalignError
 
 # ---- group kind codes (uint8, one per pivot position) -------------------------------------------
 KIND_1_1 = 1  #: end of a group with 1 pivot and 1 source token
@@ -230,7 +230,7 @@ def remap_batch(
     Raises:
         TokalignError: malformed groups / offsets / ids, or an unknown policy.
     """
-    from ._core import remap_topk
+    from .._core import remap_topk
 
     inside_code = _policy_code(inside, INSIDE_POLICIES, "inside")
     otm_code = _policy_code(one_to_many, ONE_TO_MANY_POLICIES, "one_to_many")

@@ -1,18 +1,13 @@
-"""GPU versions of the two heaviest kernels, with the CPU core as fallback for what they do not take.
+"""Batched DTW on the GPU, with the CPU core as fallback for the pairs the kernel does not take.
 
-* :func:`dtw_batch` -- batched FuseChat DTW (``tokalign._cuda.dtw_batch``): the same band, the
+:func:`dtw_batch` -- batched FuseChat DTW (``tokalign._cuda.dtw_batch``): the same band, the
   same widening rule, the same cost and tie-break as ``tokalign._core.dtw_batch``; each banded
   candidate is then checked against the full matrix on the device (the CPU checks it with a pruned
   pass), so every path, cost and band radius is identical. Pairs the GPU does not take (empty, pivot longer than
   ``_cuda.DTW_MAX_PIVOT`` tokens, more band cells than ``max_cells``, or a cell comparing two tokens
   both longer than 64 code points) run on the CPU core in the same call.
-* :func:`mined_search` -- all-pairs MinED (``tokalign._cuda.mined_search``), the CPU index's result
-  order (distance, |length difference|, rank, id) and exact-match short-circuit. Queries longer
-  than ``_cuda.MINED_MAX_QUERY_UNITS`` units, or ``top_n`` above ``_cuda.MINED_MAX_TOP_N``, run on
-  the CPU index.
 
-Callers normally go through ``tokalign.align.batch(..., device=)`` and
-``tokalign.vocab.mined.search(..., device=)``; see docs/cuda.md.
+Callers normally go through ``tokalign.align.batch(..., device=)``; see docs/cuda.md.
 """
 from __future__ import annotations
 
@@ -20,22 +15,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core
-from .device import cuda_module, device_index
-from .errors import TokalignError
+from .. import _core
+from .._native import cuda_call as _cuda_call
+from ..device import cuda_module, device_index
+from ..errors import TokalignError
 
-__all__ = ["dtw_batch", "mined_search", "DEFAULT_MAX_CELLS"]
+__all__ = ["dtw_batch", "DEFAULT_MAX_CELLS"]
 
 DEFAULT_MAX_CELLS = 1 << 28  # move bytes per kernel launch (one byte per band cell)
-
-
-def _cuda_call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except (ValueError, TypeError) as exc:
-        raise TokalignError("cuda: %s" % exc) from None
-    except RuntimeError as exc:  # CUDA runtime failure (out of memory, launch error)
-        raise TokalignError(str(exc)) from None
 
 
 def _device_table(table: Any, mod: Any) -> Any:
@@ -62,7 +49,7 @@ def dtw_batch(pivot_table: Any, pivot_ids: Sequence[np.ndarray], source_table: A
     that were not the optimum).
     ``emulate=True`` runs the kernel's code on the host (tests without a GPU)."""
     if emulate:  # no device needed: only the extension
-        from . import _cuda as mod  # type: ignore[attr-defined]
+        from .. import _cuda as mod  # type: ignore[attr-defined]
     else:
         mod = cuda_module()
     gp, gs = _device_table(pivot_table, mod), _device_table(source_table, mod)
@@ -121,30 +108,3 @@ def _settle_on_device(mod: Any, gp: Any, pids: List[np.ndarray], gs: Any, sids: 
     for key in ("launches", "cells"):
         stats[key] = int(stats.get(key, 0)) + int(fstats.get(key, 0))
     return out
-
-
-def mined_search(pivot_texts: List[bytes], candidate: np.ndarray, rank: np.ndarray, source_texts: List[bytes],
-                 query: np.ndarray, top_n: int, threads: int = 0,
-                 cpu_index: Optional[Any] = None) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
-    """MinED ids / dists (int32 (n_source, top_n), -1 where empty) with the GPU; rows the GPU does
-    not take go to the CPU index (built here unless ``cpu_index`` is given)."""
-    mod = cuda_module()
-    query = np.asarray(query, dtype=bool)
-    if top_n > int(mod.MINED_MAX_TOP_N):
-        index = cpu_index or _core.MinEDIndex(pivot_texts, candidate, rank)
-        ids, dists, st = index.query(source_texts, query, top_n, threads)
-        stats = {k: int(v) for k, v in st.items()}
-        stats.update(device="cpu", reason="top_n > %d" % mod.MINED_MAX_TOP_N)
-        return ids, dists, stats
-    ids, dists, cpu_rows, st = _cuda_call(mod.mined_search, pivot_texts, np.asarray(candidate, dtype=bool),
-                                          np.asarray(rank, dtype=np.int64), source_texts, query, int(top_n),
-                                          device_index())
-    stats: Dict[str, Any] = dict(st)
-    stats["device"] = "cuda"
-    rows = np.flatnonzero(cpu_rows)
-    stats["cpu_rows"] = int(rows.size)
-    if rows.size:
-        index = cpu_index or _core.MinEDIndex(pivot_texts, candidate, rank)
-        ci, cd, _ = index.query([source_texts[k] for k in rows], None, int(top_n), threads)
-        ids[rows], dists[rows] = ci, cd
-    return ids, dists, stats

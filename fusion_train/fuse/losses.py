@@ -6,7 +6,7 @@ target to ``[..., V]``: the student's log-probabilities at the target ids are a 
 the student's log-sum-exp.
 
 Targets are the teacher's *exact* top-k probabilities ``p_k = exp(logit_k - lse)`` (what
-:class:`fusion_train.data.FusionCollator` yields); what happens to the probability mass outside
+:class:`fusion_train.fuse.data.FusionCollator` yields); what happens to the probability mass outside
 the top-k (the *tail*, ``1 - sum(p_k)``) is chosen explicitly with ``tail``:
 
 ``"renormalize"``

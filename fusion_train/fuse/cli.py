@@ -1,6 +1,6 @@
 """``fusion-train fuse``: train the pivot model on SFT + MinCE fusion against sparse teacher stores.
 
-A plain ``transformers.Trainer`` run (:class:`fusion_train.trainer.FusionTrainer`), so it runs the
+A plain ``transformers.Trainer`` run (:class:`fusion_train.fuse.trainer.FusionTrainer`), so it runs the
 same under ``python -m``, ``torchrun`` or ``accelerate launch``; every ``TrainingArguments`` field is
 a flag (``--max-steps``, ``--learning-rate``, ``--bf16``, ``--gradient-checkpointing``,
 ``--deepspeed``, ``--fsdp``, ``--save-steps``, ``--resume-from-checkpoint`` ...).

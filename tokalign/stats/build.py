@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, List, Optional, Sequence
 
-from . import __version__
-from . import align as _align
-from .corpus import Corpus, CorpusItem
-from .errors import TokalignError
-from .stats import MappingStats, StatsAccumulator
+from .. import __version__
+from .. import align as _align
+from ..corpus import Corpus, CorpusItem
+from ..errors import TokalignError
+from .matrix import MappingStats, StatsAccumulator
 
 METHODS = ("span", "dtw")
 
@@ -94,7 +94,7 @@ def build_stats(pivot, source, corpus: Sequence[str] | str, options: BuildOption
     tables = None
     device = "cpu"
     if options.method == "dtw":
-        from .device import resolve_device
+        from ..device import resolve_device
 
         device = resolve_device(options.device)  # --device cuda without a GPU fails here, before any work
         tables = (_align.TokenTable(pivot.raw_tokens()), _align.TokenTable(source.raw_tokens()))

@@ -14,7 +14,7 @@ Per batch of about ``batch_tokens`` pivot positions:
    byte), including the text diff + DTW for texts that differ (SentencePiece's dummy-prefix space,
    different templates, truncation);
 3. **remap** with the C++ kernel (:func:`tokalign.remap.remap_batch`);
-4. **ce**: ``token_ce`` is the source's own NLL carried through the groups (:mod:`tokalign.remap_ce`), the CE
+4. **ce**: ``token_ce`` is the source's own NLL carried through the groups (:mod:`tokalign.remap.ce`), the CE
    under the remapped distribution goes to ``remap_ce`` (when the output declares it);
 5. **write** one packed append (``StoreWriter.append_packed``).
 
@@ -37,10 +37,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import TokalignError
-from .remap import KIND_NAMES, PreparedMap, remap_batch
-from .remap_ce import REMAP_CE_FIELD, source_nll_by_group, wants_remap_ce
-from .store.schema import ExtraArray
+from ..errors import TokalignError
+from .kernel import KIND_NAMES, PreparedMap, remap_batch
+from .ce import REMAP_CE_FIELD, source_nll_by_group, wants_remap_ce
+from ..store.schema import ExtraArray
 
 #: pivot positions per batch (align, remap and write work on whole batches)
 BATCH_TOKENS = 1 << 17
@@ -93,7 +93,7 @@ def align_packed(pivot_bytes: TokenBytes, pivot_ids: np.ndarray, pivot_offsets: 
     Returns (groups int64 [G, 4], group_offsets int64 [S + 1], path uint8 [S]: index into :data:`ALIGN_PATHS`).
     Raises TokalignError naming the sequence ("sequence k: ...") for ids outside a tokenizer.
     """
-    from ._core import remap_align_batch
+    from .._core import remap_align_batch
 
     if tie_break not in _TIE:
         raise TokalignError("tie_break must be one of %s, got %r" % (", ".join(sorted(_TIE)), tie_break))
@@ -114,7 +114,7 @@ def remapped_token_ce_packed(topk_ids: np.ndarray, topk_logits: np.ndarray, reta
     :func:`tokalign.cli.remap.remapped_token_ce`): -log q(next pivot token) when kept, else
     -log(max(1 - retained mass, 1e-6)); 0 at each sequence's last position and where invalid. C++
     (``_core.remapped_token_ce``, OpenMP over sequences)."""
-    from ._core import remapped_token_ce
+    from .._core import remapped_token_ce
 
     try:
         return remapped_token_ce(np.ascontiguousarray(topk_ids, np.int32), np.ascontiguousarray(topk_logits, np.float32),
@@ -404,7 +404,7 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
     ``pivot`` / ``source``: :class:`tokalign.store.StoreReader`; ``vocab_map``: a prepared (source x pivot)
     map; ``writer``: a :class:`tokalign.store.StoreWriter` of kind "remapped" with the extras
     :data:`REMAP_EXTRAS` and optionally :data:`REMAP_CE_EXTRA` (the caller closes it);
-    ``token_ce`` is :func:`tokalign.remap_ce.source_nll_by_group`; ``pivot_bytes`` /
+    ``token_ce`` is :func:`tokalign.remap.ce.source_nll_by_group`; ``pivot_bytes`` /
     ``source_bytes``: the two tokenizers' token bytes. ``prefetch``: read ahead and write behind in two
     background threads (False: every stage in the calling thread, one after the other). ``progress(n)`` is
     called with the samples done per batch (when the batch is remapped; the writer may still be behind).

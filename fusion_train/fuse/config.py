@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FusionConfig(TrainingArguments):
-    """Training arguments for :class:`fusion_train.trainer.FusionTrainer`.
+    """Training arguments for :class:`fusion_train.fuse.trainer.FusionTrainer`.
 
     Total loss ``lambda_sft * SFT + (1 - lambda_sft) * fusion`` (FuseChat: ``lm_loss_weight`` 0.9,
     ``distill_loss_type`` "ce", ``distill_teacher_temperature`` 1.0, ``distill_greater_as_gt``

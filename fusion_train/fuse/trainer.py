@@ -8,11 +8,11 @@ How it matches FuseChat's ``DistillTrainer.compute_loss`` (``distill_greater_as_
 
 - SFT: the causal-LM cross-entropy over ``labels != -100``, mean per micro-batch (FuseChat: the
   model's own loss). We gather it together with the fusion targets from the logits
-  (:func:`fusion_train.losses.student_log_probs_at`), so the backward builds one dense gradient
+  (:func:`fusion_train.fuse.losses.student_log_probs_at`), so the backward builds one dense gradient
   and no ``[B, L, V]`` log-softmax is kept.
 - Fusion target: per sequence, the teacher with the lowest ``metric_ce`` (``seq_ce``) among the
   pivot ("base") and the aligned source(s); ``torch.argmax`` of ``1/exp(ce)`` there, ``argmin`` of
-  ``ce`` here (ties to the pivot in both); see :func:`fusion_train.losses.min_ce_choice`.
+  ``ce`` here (ties to the pivot in both); see :func:`fusion_train.fuse.losses.min_ce_choice`.
 - Fusion loss: ``cross_entropy(logits, target_dist)`` (or KL) summed over ``attention_mask`` and
   divided by its sum (``fusion_positions="all"``); targets are the top-k renormalised with
   ``softmax(logits / T)`` (``tail="renormalize"``). We gather the student's log-probs at the top-k
@@ -44,7 +44,7 @@ class FusionTrainer(Trainer):
     Args:
         model: the student (pivot) causal LM.
         args: a :class:`FusionConfig`.
-        train_dataset: typically a :class:`fusion_train.data.FusionDataset`.
+        train_dataset: typically a :class:`fusion_train.fuse.data.FusionDataset`.
         data_collator: default :class:`FusionCollator` with the model's pad token id and the
             config's ``pad_to_multiple_of`` / ``fusion_positions``.
         teacher_names: names used in logs, pivot first (default: ``train_dataset.names``).

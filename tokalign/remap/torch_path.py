@@ -6,7 +6,7 @@ entry of flat tensors (gather the source rows, expand each top-k id into its voc
 top ``k_out`` per row are chosen with two stable sorts. Memory is O(number of entries); no
 [N, vocab] tensor is ever built. Arithmetic is float64 (like the C++ kernel), outputs float32.
 
-torch is imported lazily by callers (``from tokalign.remap_torch import remap_batch_torch``); the
+torch is imported lazily by callers (``from tokalign.remap.torch_path import remap_batch_torch``); the
 rest of tokalign does not need it.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import TokalignError
-from .remap import (
+from ..errors import TokalignError
+from .kernel import (
     INSIDE_POLICIES,
     KIND_1_1,
     KIND_1_N,

@@ -24,7 +24,7 @@ Conventions:
 * a group whose NLL uses a source position with a non-finite ``token_ce`` or ``logsumexp`` (a broken
   source distribution; the source store flags that sample invalid) gives NaN at its pivot positions,
   so the writer flags the remapped sample invalid too (``valid = False``, its ``seq_ce`` NaN) and MinCE
-  never picks it (fusion_train.losses.min_ce_choice treats non-finite CE as +inf). ``remap_valid`` /
+  never picks it (fusion_train.fuse.losses.min_ce_choice treats non-finite CE as +inf). ``remap_valid`` /
   an empty remapped row does **not** change ``token_ce``: the source NLL of the text is still known.
 
 Group sums are per-group sums in float64, one sequence at a time, so a sample's values do not depend on
@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import TokalignError
+from ..errors import TokalignError
 
 #: value of the output store's ``options["ce_definition"]``
 CE_DEFINITION = "source_nll_by_group"
@@ -57,7 +57,7 @@ def source_nll_by_group(source_ce: np.ndarray, source_offsets: np.ndarray, group
     C++ (``_core.source_nll_by_group``, OpenMP over sequences, one pass); each group's NLL is a float64 sum.
     Raises TokalignError when the groups do not cover both sequences' tokens.
     """
-    from ._core import source_nll_by_group as native
+    from .._core import source_nll_by_group as native
 
     def as_int64(x: Any) -> np.ndarray:
         return np.ascontiguousarray(x, np.int64)

@@ -15,11 +15,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from . import __version__
-from ._core import count_pairs
-from .artifacts import (atomic_dir, load_npz_arrays, load_sparse_npz, read_json, save_npz_arrays, save_sparse_npz,
+from .. import __version__
+from .._core import count_pairs
+from ..artifacts import (atomic_dir, load_npz_arrays, load_sparse_npz, read_json, save_npz_arrays, save_sparse_npz,
                         write_json_atomic)
-from .errors import TokalignError
+from ..errors import TokalignError
 
 STATS_FILE = "stats.npz"
 COUNTS_FILE = "token_counts.npz"  # pivot_counts / source_counts: occurrences of each token in the corpus
