@@ -45,7 +45,7 @@ def register(sub):
 
 def run(args) -> int:
     from ..artifacts import prepare_out_dir
-    from ..build_stats import BuildOptions, build_stats, parse_shard, summary_line
+    from ..stats import BuildOptions, build_stats, parse_shard, summary_line
 
     prepare_out_dir(args.out, args.overwrite)  # fail before the long run, not after
     opts = BuildOptions(method=args.method, template=args.template, assistant_only=args.assistant_only,

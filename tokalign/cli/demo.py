@@ -34,7 +34,7 @@ def run(args) -> int:
 
     from .. import vocab
     from ..artifacts import atomic_dir
-    from ..build_stats import BuildOptions, build_stats, summary_line
+    from ..stats import BuildOptions, build_stats, summary_line
     from ..report import build_report, format_report, load_any, plot_report
     from .common import load_pair, print_json
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import TokalignError
 from ..remap import INSIDE_POLICIES, ONE_TO_MANY_POLICIES, RemapResult, concat_groups, prepare_map, remap_batch
-from ..remap_ce import CE_DEFINITION, REMAP_CE_FIELD, source_nll_by_group
+from ..remap.ce import CE_DEFINITION, REMAP_CE_FIELD, source_nll_by_group
 
 EPILOG = """examples:
   tokalign remap --pivot-store openchat.zarr --source-store internlm2.zarr --map map-ms/ --out internlm2-on-openchat.zarr
@@ -100,7 +100,7 @@ def remapped_token_ce(result: Mapping[str, np.ndarray], input_ids: np.ndarray) -
     """Cross-entropy of each remapped distribution on the next pivot token (the ``remap_ce`` diagnostic):
     -log q(next) when the token is kept, else -log(tail mass) (a lower bound, since q(next) <= 1 - retained);
     0 for the last position and for invalid positions. Not the store's ``token_ce`` (see tokalign.remap.ce)."""
-    from ..remap_store import remapped_token_ce_packed
+    from ..remap.stores import remapped_token_ce_packed
 
     n = int(result["topk_ids"].shape[0])
     return remapped_token_ce_packed(result["topk_ids"], result["topk_logits"], result["retained_mass"], result["valid"],
@@ -180,7 +180,7 @@ def _tokenizer_name(schema: Any, given: str | None, which: str) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         from .. import load_tokenizer
-        from ..remap_store import REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores
+        from ..remap.stores import REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, remap_stores
         from ..store import StoreSchema, open_store, open_writer
         from ..vocab import VocabMap
     except ImportError as exc:  # the stages land separately; say which one is missing
