@@ -19,7 +19,6 @@ SUBCOMMANDS = {
     "dump-logits": "dump_logits",
     "inspect": "inspect",
     "remap": "remap",
-    "bench": "bench",
     "demo": "demo",
 }
 
