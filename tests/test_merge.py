@@ -448,3 +448,37 @@ def test_cuda_matches_cpu(family, tmp_path):
     run_merge(cfg, tmp_path / "cpu", MergeOptions(progress=False))
     run_merge(cfg, tmp_path / "gpu", MergeOptions(progress=False, device="cuda"))
     assert _max_diff(_load_dir(tmp_path / "cpu"), _load_dir(tmp_path / "gpu")) <= 1e-5
+
+
+def test_out_never_destroys_an_input(family, tmp_path, capsys):
+    """--out that is, contains or lies inside an input is refused, with or without --overwrite; --overwrite
+    replaces only a previous merge output; nothing of the inputs is touched."""
+    base = _clone(family["base"], tmp_path / "models" / "base")
+    t1 = _clone(family["t1"], tmp_path / "models" / "t1")
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "models").rglob("*")) if p.is_file()}
+    args = ("merge", "--method", "linear", "--base", base, "--models", t1, "--no-progress", "--overwrite")
+    for out, how in ((base, "is the input base_model"), (tmp_path / "models", "contains the input"),
+                     (t1 / "sub", "lies inside the input models[0]")):
+        assert _cli(*args, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert how in err and len(err.strip().splitlines()) == 1, err
+    # a non-empty folder that is not a merge output is never replaced, even with --overwrite
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    assert _cli(*args, "--out", user) == 2
+    assert "not a previous `fusion-train merge` output" in capsys.readouterr().err
+    assert (user / "notes.txt").read_text() == "mine"
+    after = {p: p.read_bytes() for p in sorted((tmp_path / "models").rglob("*")) if p.is_file()}
+    assert after == before
+
+
+def test_out_dot_is_the_working_directory(family, tmp_path, monkeypatch, capsys):
+    """`--out .` merges into the (empty) working directory and leaves no temp folder behind."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert _cli("merge", "--method", "linear", "--base", family["base"], "--models", family["t1"],
+                "--out", ".", "--no-progress") == 0
+    assert (work / "model.safetensors").is_file() or list(work.glob("model-*.safetensors"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -220,11 +220,34 @@ def _fingerprint(cfg: MergeConfig, opts: MergeOptions, readers: List[CheckpointR
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _check_not_an_input(out: Path, inputs: List[Tuple[str, Optional[str]]]) -> None:
+    """``out`` must not be, contain or lie inside an input model folder: publishing replaces ``out``
+    wholesale, which would delete the input (or the folder holding it)."""
+    for label, spec in inputs:
+        if spec is None or not Path(spec).exists():
+            continue  # hub ids / missing paths are reported by the reader
+        path = Path(spec).resolve()
+        if out == path:
+            how = "is"
+        elif out in path.parents:
+            how = "contains"
+        elif path in out.parents:
+            how = "lies inside"
+        else:
+            continue
+        raise TokalignError("--out %s %s the input %s (%s); choose a folder outside every input" % (out, how, label, path))
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise TokalignError("%s: exists and is not a folder" % out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TokalignError("%s: output folder is not empty (pass --overwrite to replace it)" % out)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise TokalignError("%s: output folder is not empty (pass --overwrite to replace it)" % out)
+        # --overwrite replaces a previous merge output only, recognised by the file this command writes
+        if not (out / CONFIG_FILE).is_file():
+            raise TokalignError("%s: not empty and not a previous `fusion-train merge` output (no %s); --overwrite "
+                                "only replaces a merge output: choose a new or empty folder" % (out, CONFIG_FILE))
 
 
 def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = None) -> MergeSummary:
@@ -232,7 +255,8 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
     opts = opts or MergeOptions()
     if opts.vocab_policy not in VOCAB_POLICIES:
         raise TokalignError("--vocab-policy: must be one of %s, got %r" % (", ".join(VOCAB_POLICIES), opts.vocab_policy))
-    out = Path(out)
+    out = Path(out).resolve()  # "." or "x/.." have no usable name for the temp folder beside them
+    _check_not_an_input(out, [("base_model", cfg.base)] + [("models[%d]" % j, m.path) for j, m in enumerate(cfg.models)])
     _prepare_out(out, opts.overwrite)
     t0 = time.perf_counter()
     method_cls = cfg.method_class()
