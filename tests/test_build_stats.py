@@ -1,5 +1,6 @@
 """build-stats / merge-stats end to end on real tokenizers and corpora."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -117,6 +118,12 @@ def test_merge_refuses_other_tokenizers_and_nonempty_out(tmp_path, tokenizers_di
     assert "fingerprints differ" in capsys.readouterr().err
     assert _cli("build-stats", "--pivot", "openchat", "--source", "internlm2", *base, "--out", tmp_path / "a") == 2
     assert "not empty" in capsys.readouterr().err
+    # the same shard twice (the same folder, or a copy of it) would double every count
+    shutil.copytree(tmp_path / "a", tmp_path / "a-copy")
+    for second in (tmp_path / "a", tmp_path / "a-copy"):
+        assert _cli("merge-stats", tmp_path / "a", second, "--out", tmp_path / "m") == 2
+        assert "given twice" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_interrupted_run_leaves_nothing_complete(tmp_path, tokenizers_dir, corpora_dir):

@@ -7,6 +7,8 @@ with the corpus size and never as a dense V x V array.
 """
 from __future__ import annotations
 
+import json
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +198,7 @@ def merge_stats(parts: Iterable[MappingStats]) -> MappingStats:
     counters = dict.fromkeys(("items", "pivot_tokens", "source_tokens", "skipped_items"), 0)
     kinds = dict.fromkeys(GROUP_KINDS, 0)
     seen_files = {}
+    seen_shards = set()
     for part in parts:
         m = part.meta
         for key in ("pivot_fingerprint", "source_fingerprint"):
@@ -206,6 +209,12 @@ def merge_stats(parts: Iterable[MappingStats]) -> MappingStats:
                 )
         if m.get("options", {}).get("method") != first.get("options", {}).get("method"):
             raise TokalignError("merge-stats: shards were aligned with different methods")
+        # the same shard twice would double-count every pair (e.g. `merge-stats A A`, or a copy of A)
+        shard_key = (m.get("shard"), json.dumps(m.get("corpus_files", []), sort_keys=True), m.get("items"))
+        if shard_key in seen_shards:
+            raise TokalignError("merge-stats: shard %s of the same corpus is given twice; each shard must be "
+                                "merged once" % (m.get("shard") or "(unsharded)"))
+        seen_shards.add(shard_key)
         total = part.matrix if total is None else total + part.matrix
         for key in counters:
             counters[key] += int(m.get(key, 0))
