@@ -56,3 +56,16 @@ def test_report_refuses_mixed_pairs_and_non_artifacts(built, tmp_path, tokenizer
     (tmp_path / "junk" / "meta.json").write_text("{}")
     assert main(["report", str(tmp_path / "junk")]) == 2
     assert "neither a stats folder" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_one_line(built, tokenizers_dir, monkeypatch, capsys):
+    """The README's Quick start after a core `pip install .` has no matplotlib: one line naming the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    capsys.readouterr()
+    rc = main(["report", str(built / "map-em"), "--tokenizer-dir", str(tokenizers_dir), "--plot",
+               str(built / "nofig.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "tokalign[plot]" in err, err
+    assert not (built / "nofig.png").exists()

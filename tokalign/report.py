@@ -214,7 +214,11 @@ def format_report(r: Dict) -> str:
 
 def plot_report(r: Dict, out: str) -> None:
     """A figure: coverage per map (by vocabulary and by corpus mass), top-1 distance histograms, group kinds."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise TokalignError("a figure needs matplotlib, which is not installed: pip install 'tokalign[plot]' "
+                            "(or drop --plot)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
