@@ -482,3 +482,30 @@ def test_out_dot_is_the_working_directory(family, tmp_path, monkeypatch, capsys)
                 "--out", ".", "--no-progress") == 0
     assert (work / "model.safetensors").is_file() or list(work.glob("model-*.safetensors"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_full_disk_is_one_line_and_resumes(family, tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing a shard: one line naming the file and the fix, exit 2; the re-run resumes."""
+    import errno
+
+    from fusion_train.merge import io as merge_io
+
+    orig, calls = merge_io.ShardWriter.add, {"n": 0}
+
+    def full(self, name, array):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.part))
+        return orig(self, name, array)
+
+    monkeypatch.setattr(merge_io.ShardWriter, "add", full)
+    out = tmp_path / "out"
+    args = ("merge", "--method", "linear", "--base", family["base"], "--models", family["t1"], family["t2"],
+            "--max-shard-size", "30000", "--no-progress", "--json")
+    assert _cli(*args, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err and ".part" in err
+    assert "run the same command again" in err and not out.exists()
+    monkeypatch.undo()
+    assert _cli(*args, "--out", out) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_shards"] >= 1

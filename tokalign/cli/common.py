@@ -38,6 +38,17 @@ def register_modules(subparsers, modules) -> None:
         importlib.import_module(module).register(subparsers)
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and what to do."""
+    import errno
+
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = " (%s)" % exc.filename if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "%s%s: free some space (or choose another output), then run the same command again" % (what, where)
+    return what + where
+
+
 def dispatch(parser: argparse.ArgumentParser, argv, prog: str) -> int:
     """Parse, run ``args.func`` and turn user errors into one line on stderr and a non-zero exit."""
     from ..errors import TokalignError
@@ -51,6 +62,9 @@ def dispatch(parser: argparse.ArgumentParser, argv, prog: str) -> int:
     except TokalignError as exc:
         print("%s: error: %s" % (prog, exc), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # full disk, permissions, a path that is a file: the machine's state, not a bug
+        print("%s: error: %s" % (prog, os_error_line(exc)), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("%s: interrupted" % prog, file=sys.stderr)
         return 130
