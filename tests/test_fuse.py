@@ -1,10 +1,10 @@
 """FusionTrainer and ``fusion-train fuse`` on a tiny random Llama with in-memory stores (CPU, fast)."""
+import importlib
 import json
 
 import pytest
 import torch
 
-from fusion_train.fuse import cli as fuse_cli
 from fusion_train.cli import main
 from fusion_train.fuse.config import FusionConfig
 from fusion_train.fuse.data import FusionCollator, FusionDataset
@@ -118,12 +118,36 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     assert any("choice_rate/src0" in h and h["step"] == 6 for h in resumed.state.log_history)
 
 
+def test_run_library_entry_point_with_loaded_model_and_readers(tmp_path):
+    import fusion_train.fuse as fuse
+
+    pivot = random_samples(8, V, K, seed=3)
+    summary = fuse.run(
+        _config(tmp_path / "out", max_steps=2),
+        tiny_llama(V),
+        InMemoryReader(pivot, {"fingerprint": FP}),
+        [InMemoryReader(remapped_like(pivot, V, K, seed=4), {"fingerprint": FP})],
+        teacher_names=["src"],
+    )
+    assert summary["global_step"] == 2 and summary["teachers"] == ["pivot", "src"]
+    assert "choice_rate/src" in summary["last_log"]
+    assert json.loads((tmp_path / "out" / "fuse_summary.json").read_text())["global_step"] == 2
+
+
+def test_importing_the_package_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, fusion_train.fuse as f; assert callable(f.run); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ---- CLI ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture()
 def cli_env(tmp_path, monkeypatch):
-    """A saved tiny model and in-memory stores reachable through fuse_cli.open_reader."""
+    """A saved tiny model and in-memory stores reachable through fusion_train.fuse.run.open_reader."""
     model_dir = tmp_path / "pivot-model"
     tiny_llama(V).save_pretrained(model_dir)
     pivot = random_samples(8, V, K, seed=3)
@@ -133,7 +157,8 @@ def cli_env(tmp_path, monkeypatch):
         "mem://wrong-vocab": InMemoryReader(remapped_like(pivot, V, K, seed=5), {"fingerprint": "9" * 64}),
         "mem://partial": InMemoryReader(remapped_like(pivot, V, K, seed=6)[:6], {"fingerprint": FP}),
     }
-    monkeypatch.setattr(fuse_cli, "open_reader", lambda url: stores[url])
+    # the module, not the function the package face re-exports under the same name
+    monkeypatch.setattr(importlib.import_module("fusion_train.fuse.run"), "open_reader", lambda url: stores[url])
     return model_dir, tmp_path
 
 

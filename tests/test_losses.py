@@ -104,6 +104,35 @@ def test_kl_is_zero_when_student_equals_teacher_and_ce_wrappers():
     assert ce.item() == pytest.approx(sparse_distill_loss(full, ids, probs, kind="ce", tail="exact").item())
 
 
+def test_distill_losses_come_from_the_registry():
+    import dataclasses
+
+    from fusion_train.fuse import loss_registry
+    from fusion_train.fuse.config import FusionConfig
+
+    assert loss_registry.names() == ("ce", "kl")
+    field = {f.name: f for f in dataclasses.fields(FusionConfig)}["distill_loss"]
+    assert tuple(field.metadata["choices"]) == loss_registry.names()
+    assert all(n in field.metadata["help"] for n in loss_registry.names())
+    ids, _, _, probs = _targets(6)
+    logits = torch.randn(6, V)
+    with pytest.raises(ValueError, match="kind must be one of ce, kl"):
+        sparse_distill_loss(logits, ids, probs, kind="js")
+
+    # a registered loss is usable by name everywhere, bucket tail included; here: half the cross-entropy
+    @loss_registry.register("half_ce", help="half the cross-entropy (test only)")
+    def _half_ce(p, logp, logq):
+        return -0.5 * (p * logq).sum(-1)
+
+    try:
+        for tail in ("renormalize", "bucket"):
+            half = sparse_distill_loss(logits, ids, probs, kind="half_ce", tail=tail)
+            full = sparse_distill_loss(logits, ids, probs, kind="ce", tail=tail)
+            assert half.item() == pytest.approx(0.5 * full.item(), rel=1e-6)
+    finally:
+        loss_registry._LOSSES.pop("half_ce")
+
+
 def test_exact_tail_rejects_temperature():
     ids, top, lse, probs = _targets(8)
     with pytest.raises(ValueError, match="temperature"):

@@ -13,7 +13,8 @@ from transformers import TrainingArguments
 
 from tokalign.errors import TokalignError
 
-from .losses import DISTILL_LOSSES, GRANULARITIES, TAILS
+from . import loss_registry
+from .losses import GRANULARITIES, TAILS
 
 __all__ = ["FusionConfig"]
 
@@ -43,8 +44,9 @@ class FusionConfig(TrainingArguments):
     include_pivot: bool = field(
         default=True, metadata={"help": "the pivot's own store is a MinCE candidate (FuseChat distill_with_ref_model)"}
     )
-    distill_loss: Literal["ce", "kl"] = field(
-        default="ce", metadata={"help": "fusion loss: cross-entropy (FuseChat's default) or KL to the target"}
+    # choices and help come from the loss registry (HfArgumentParser passes metadata to add_argument)
+    distill_loss: str = field(
+        default="ce", metadata={"help": loss_registry.help_text(), "choices": loss_registry.names()}
     )
     tail: Literal["renormalize", "exact", "bucket"] = field(
         default="renormalize",
@@ -82,8 +84,10 @@ class FusionConfig(TrainingArguments):
             raise TokalignError("fusion must be minCE or pivot, got %r" % self.fusion)
         if self.granularity not in GRANULARITIES:
             raise TokalignError("granularity must be one of %s, got %r" % (", ".join(GRANULARITIES), self.granularity))
-        if self.distill_loss not in DISTILL_LOSSES:
-            raise TokalignError("distill_loss must be one of %s, got %r" % (", ".join(DISTILL_LOSSES), self.distill_loss))
+        if self.distill_loss not in loss_registry.names():
+            raise TokalignError(
+                "distill_loss must be one of %s, got %r" % (", ".join(loss_registry.names()), self.distill_loss)
+            )
         if self.tail not in TAILS:
             raise TokalignError("tail must be one of %s, got %r" % (", ".join(TAILS), self.tail))
         if self.temperature <= 0:

@@ -41,9 +41,11 @@ from typing import Optional, Sequence
 
 import torch
 
+from .loss_registry import get as get_loss
+from .loss_registry import register
+
 __all__ = [
     "TAILS",
-    "DISTILL_LOSSES",
     "GRANULARITIES",
     "student_log_probs_at",
     "student_logsumexp",
@@ -61,7 +63,6 @@ __all__ = [
 ]
 
 TAILS = ("renormalize", "exact", "bucket")
-DISTILL_LOSSES = ("ce", "kl")
 GRANULARITIES = ("sequence", "token")
 
 # log(0) stand-in that stays finite under multiplication by 0 (0 * -inf = nan)
@@ -187,24 +188,29 @@ def _student_tail_log(logq: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.log((1.0 - q_in).clamp_min(_TAIL_EPS))
 
 
+@register("ce", help="cross-entropy to the target (FuseChat's default)")
+def _cross_entropy(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    return -(p * logq).sum(-1)
+
+
+@register("kl", help="KL divergence of the student from the target")
+def _kl_divergence(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    return (p * (logp - logq)).sum(-1)
+
+
 def _per_position(kind: str, logq: torch.Tensor, ids, probs, tail, temperature) -> tuple:
     """Per-position loss ``[...]`` and ``has_target`` (at least one valid slot) ``[...]`` from the
-    student's log-probabilities ``logq [..., K]`` at ``ids``."""
-    if kind not in DISTILL_LOSSES:
-        raise ValueError("kind must be one of %s, got %r" % (", ".join(DISTILL_LOSSES), kind))
+    student's log-probabilities ``logq [..., K]`` at ``ids``; ``kind`` names a registered loss
+    (:mod:`fusion_train.fuse.loss_registry`)."""
+    loss_fn = get_loss(kind).fn
     valid, logp, p, tail_mass = target_log_probs(ids, probs, tail=tail, temperature=temperature)
     logq = torch.where(valid, logq, torch.zeros_like(logq))
-    if kind == "ce":
-        loss = -(p * logq).sum(-1)
-    else:
-        loss = (p * (torch.where(valid, logp, torch.zeros_like(logp)) - logq)).sum(-1)
+    loss = loss_fn(p, torch.where(valid, logp, torch.zeros_like(logp)), logq)
     if tail == "bucket":
+        # the tail is one more class: the teacher's mass outside the top-k against the student's
         tail_logq = _student_tail_log(logq, valid)
-        if kind == "ce":
-            loss = loss - tail_mass * tail_logq
-        else:
-            tail_logp = torch.log(tail_mass.clamp_min(_TAIL_EPS))
-            loss = loss + tail_mass * (tail_logp - tail_logq)
+        tail_logp = torch.log(tail_mass.clamp_min(_TAIL_EPS))
+        loss = loss + loss_fn(tail_mass.unsqueeze(-1), tail_logp.unsqueeze(-1), tail_logq.unsqueeze(-1))
     has_target = valid.any(-1)
     return loss, has_target
 
@@ -231,7 +237,8 @@ def sparse_distill_loss(
     reduction: str = "mean",
     logq: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Cross-entropy (``kind="ce"``) or KL (``"kl"``) of the student against sparse targets.
+    """Cross-entropy (``kind="ce"``), KL (``"kl"``) or another registered loss
+    (:mod:`~fusion_train.fuse.loss_registry`) of the student against sparse targets.
 
     ``logits [..., V]``; ``ids``/``probs [..., K]`` exact teacher top-k probabilities (``ids < 0``
     invalid); ``mask [...]`` positions to train on. ``"mean"`` averages over masked positions
