@@ -65,7 +65,7 @@ def array_mode(repeat: int) -> dict:
 
 
 def store_mode(repeat: int, tmp: Path) -> dict:
-    from remap_stores import build_pair, read_items
+    from tokalign.testing import build_pair, read_items
 
     from tokalign import load_tokenizer, vocab
     from tokalign.paths import shared_corpora, shared_tokenizers

@@ -10,7 +10,7 @@ else a random map with 1-3 pivot ids per row.
 ``--mode store``: ``tokalign remap`` end to end, store to store. A pivot store (openchat-3.5) and a source
 store (internlm2) are built with the store writer from real texts of ../shared/corpora tokenized like
 ``dump-logits --template plain`` (each store in its own length order, samples truncated at 2048 tokens),
-with random but realistic top-10 distributions (tests/remap_stores.py), about ``--positions`` pivot
+with random but realistic top-10 distributions (tokalign/testing.py), about ``--positions`` pivot
 positions (default 2 M, so that the CLI's fixed costs do not dominate), and a real vocabulary map
 (``vocab.ms`` argmax from ``build_stats`` span statistics over the corpora, ``em`` fallback). They are cached
 under benchmarks/.cache (git-ignored). Timed: the CLI call (tokalign.cli.main, incl. loading tokenizers and
@@ -223,7 +223,7 @@ CHARS_PER_POSITION = 3.65  # openchat-3.5 on the shared corpora (plain template)
 
 def build_store_pair(cache_dir: Path, positions: int, seed: int = 0) -> Path:
     """Pivot / source stores and an MS vocabulary map, built once and cached (a finished build has done.json)."""
-    from remap_stores import build_pair, read_items
+    from tokalign.testing import build_pair, read_items
 
     from tokalign import load_tokenizer, vocab
     from tokalign.stats.build import BuildOptions, build_stats

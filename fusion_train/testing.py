@@ -10,6 +10,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+# the tiny model lives with the other shared test builders; re-exported for the fusion tests
+from tokalign.testing import tiny_llama
+
 __all__ = ["InMemoryReader", "random_samples", "remapped_like", "tiny_llama"]
 
 
@@ -110,33 +113,3 @@ def remapped_like(
         fields["topk_logits"][ragged, -1] = 0.0
         out.append({"sample_id": s["sample_id"], "input_ids": input_ids, "loss_mask": s["loss_mask"], **fields})
     return out
-
-
-def tiny_llama(vocab: int = 320, hidden: int = 32, layers: int = 2, seed: int = 0, *,
-               max_positions: int = 256, pad_token_id: Optional[int] = 0, bos_token_id: Optional[int] = 1,
-               eos_token_id: Optional[int] = 2, **config_overrides: Any):
-    """A randomly initialised ``LlamaForCausalLM`` small enough for CPU unit tests.
-
-    ``config_overrides`` go to ``LlamaConfig`` (e.g. ``intermediate_size``); ``tests/tiny_models.py`` uses them
-    to save tiny models whose vocabulary is a real tokenizer.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    kwargs: Dict[str, Any] = dict(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-        pad_token_id=pad_token_id,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        tie_word_embeddings=False,
-    )
-    kwargs.update(config_overrides)
-    config = LlamaConfig(**kwargs)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)

@@ -1,7 +1,7 @@
 """tokalign.dump / `tokalign dump-logits`: store arrays against a reference computed from the model's full
 logits, multi-rank union, resume after SIGKILL, NaN/Inf flagging, instruction masking, vocabulary checks.
 
-Models are tiny random Llama-style LMs whose vocabularies are real tokenizers (tests/tiny_models.py).
+Models are tiny random Llama-style LMs whose vocabularies are real tokenizers (tokalign/testing.py).
 """
 import json
 import os
@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tiny_models import save_tiny_causal_lm  # noqa: E402
+from tokalign.testing import save_tiny_causal_lm  # noqa: E402
 
 from tokalign import load_tokenizer  # noqa: E402
 from tokalign.cli import main as cli_main  # noqa: E402

@@ -15,7 +15,7 @@ from fusion_train.cli import main as ft_main  # noqa: E402
 from tokalign.cli import main as ta_main  # noqa: E402
 from tokalign.store import open_store  # noqa: E402
 
-from tiny_models import save_tiny_causal_lm  # noqa: E402
+from tokalign.testing import save_tiny_causal_lm  # noqa: E402
 
 
 def _ok(rc):

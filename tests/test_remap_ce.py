@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from remap_ce_reference import remapped_token_ce_packed_reference, source_nll_by_group_reference  # noqa: E402
 from remap_reference import random_groups  # noqa: E402
 from remap_store_reference import remap_per_sample  # noqa: E402
-from remap_stores import real_pair  # noqa: E402
+from tokalign.testing import real_pair  # noqa: E402
 
 from fusion_train.fuse.losses import TeacherTargets, min_ce_choice  # noqa: E402
 from tokalign import vocab  # noqa: E402

@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from remap_store_reference import remap_per_sample  # noqa: E402
-from remap_stores import real_pair  # noqa: E402
+from tokalign.testing import real_pair  # noqa: E402
 
 from tokalign.cli import main  # noqa: E402
 from tokalign.errors import TokalignError  # noqa: E402

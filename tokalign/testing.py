@@ -1,23 +1,30 @@
-"""Realistic pivot / source store pairs for remap tests and benchmarks, built directly with the store writer.
+"""Builders shared by the tests and the benchmarks: realistic store pairs and tiny causal LMs over real
+tokenizers. Nothing here runs a real model; torch and transformers are imported only by the model builders.
 
-Real texts are tokenized with real tokenizers exactly as ``tokalign dump-logits --template plain`` would
-(``tokalign.dump.prepare_samples``: BOS added, assistant loss mask) and each store is written in the dump's
-order (longest first by its *own* token count, so the two stores are ordered differently). The top-k
-distributions are random but shaped like a model's: the gold next token on top most of the time, the other
-ids from a pool of frequent tokens, logits sorted descending, ``logsumexp`` above the top-k (a tail).
-No model runs.
+Stores (:func:`real_pair`, :func:`build_pair`, :func:`write_store`): real texts are tokenized with real
+tokenizers exactly as ``tokalign dump-logits --template plain`` would (``tokalign.dump.prepare_samples``: BOS
+added, assistant loss mask) and each store is written in the dump's order (longest first by its *own* token
+count, so the two stores are ordered differently). The top-k distributions are random but shaped like a
+model's: the gold next token on top most of the time, the other ids from a pool of frequent tokens, logits
+sorted descending, ``logsumexp`` above the top-k (a tail).
+
+Models (:func:`tiny_llama`, :func:`save_tiny_causal_lm`): seeded random Llama-style causal LMs small enough
+for CPU tests, optionally saved with a real tokenizer's files so that a model directory is also a tokenizer.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from tokalign.corpus import Corpus, CorpusItem
-from tokalign.dump import length_order, prepare_samples
-from tokalign.store import StoreSchema, StoreWriter
+
+__all__ = ["POOL", "TOKENIZER_FILES", "build_pair", "random_topk", "read_items", "real_pair", "save_tiny_causal_lm",
+           "tiny_llama", "tokenizer_size", "with_changed_texts", "write_store"]
 
 POOL = 4096  # frequent-token pool (a power of two: odd strides visit distinct pool slots)
 
@@ -80,6 +87,9 @@ def write_store(path: Path, tok, items: Sequence[CorpusItem], *, seed: int, k: i
                 logits_dtype: str = "bfloat16", max_length: int = 2048, batch: int = 256,
                 chunk_tokens: Optional[int] = None) -> Dict[str, int]:
     """Tokenize ``items`` like the dump, write a top-k store at ``path`` in the dump's order; returns counts."""
+    from tokalign.dump import length_order, prepare_samples
+    from tokalign.store import StoreSchema, StoreWriter
+
     samples, _ = prepare_samples(tok, list(items), mask_instruction=True, max_length=max_length, skip_long=False,
                                  add_special_tokens=True)
     samples = length_order(samples)
@@ -138,3 +148,82 @@ def real_pair(out_dir: Path, tokenizers_dir: Path, corpora_dir: Path, *, n_items
     m = vocab.em(tp, ts)
     m.save(out_dir / "map")
     return {"dir": out_dir, "tp": tp, "ts": ts, "map": m, "pm": prepare_map(m.matrix)}
+
+
+# ---- tiny causal LMs ------------------------------------------------------------------------------
+def tiny_llama(vocab: int = 320, hidden: int = 32, layers: int = 2, seed: int = 0, *,
+               max_positions: int = 256, pad_token_id: Optional[int] = 0, bos_token_id: Optional[int] = 1,
+               eos_token_id: Optional[int] = 2, **config_overrides: Any):
+    """A randomly initialised ``LlamaForCausalLM`` small enough for CPU unit tests.
+
+    ``config_overrides`` go to ``LlamaConfig`` (e.g. ``intermediate_size``); :func:`save_tiny_causal_lm` uses
+    them to save tiny models whose vocabulary is a real tokenizer.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    kwargs: Dict[str, Any] = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        tie_word_embeddings=False,
+    )
+    kwargs.update(config_overrides)
+    config = LlamaConfig(**kwargs)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model")
+
+
+def tokenizer_size(tokenizer_dir: Path) -> int:
+    """len(tokenizer): number of ids including added tokens."""
+    from tokalign import load_tokenizer
+
+    return int(load_tokenizer(str(tokenizer_dir)).vocab_size)
+
+
+def save_tiny_causal_lm(out_dir: Path, tokenizer_dir: Path, *, seed: int = 0, vocab_size: Optional[int] = None,
+                        logit_scale: float = 40.0, padded_scale: float = 1.0) -> Path:
+    """Save a seeded tiny ``LlamaForCausalLM`` (hidden 32, 2 layers, 4 heads / 2 KV heads, 512 positions).
+
+    The model is :func:`tiny_llama` (plus the tokenizer files copied in), so it loads both as a model
+    (``AutoModelForCausalLM.from_pretrained``, safetensors) and as a tokenizer (``tokalign.load_tokenizer``).
+    ``vocab_size`` defaults to the tokenizer's size (pass more for padded embeddings, fewer for a broken
+    model). ``logit_scale`` multiplies the output head (init std 0.02) so logits spread over several nats and
+    the top-K is not a near-tie. ``padded_scale`` multiplies the padded rows (ids >= len(tokenizer)) so their
+    logits spread wider and would often enter the top-K if the dump did not mask them.
+    """
+    import torch
+
+    from tokalign import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    n_tok = int(tok.vocab_size)
+    vocab = n_tok if vocab_size is None else int(vocab_size)
+    sp = tok.special_ids
+    model = tiny_llama(vocab, hidden=32, layers=2, seed=seed, max_positions=512, intermediate_size=64,
+                       pad_token_id=sp.get("pad"), bos_token_id=sp.get("bos"), eos_token_id=sp.get("eos"))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(logit_scale)
+        if vocab > n_tok:
+            model.lm_head.weight[n_tok:] *= padded_scale
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    for name in TOKENIZER_FILES:
+        src = Path(tokenizer_dir) / name
+        if src.is_file():
+            shutil.copyfile(src, out_dir / name)
+    (out_dir / "tiny_model.json").write_text(json.dumps({"tokenizer": str(tokenizer_dir), "seed": seed,
+                                                         "vocab_size": vocab, "logit_scale": logit_scale}))
+    return out_dir
