@@ -218,10 +218,17 @@ def random_topk(rng: np.random.Generator, n: int, k: int, vocab: int, empty_slot
 # ---- real tokenizer pairs -----------------------------------------------------------------------------
 
 def _bytes_to_unicode() -> dict:
-    # One independent copy of GPT-2's byte table for the tests (the code under test has its own).
-    from vocab_tokenizer_adapter import gpt2_byte_decoder
-
-    return gpt2_byte_decoder()
+    """printable stand-in char -> byte: one independent copy of GPT-2's byte table for the tests
+    (the code under test has its own)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
 
 
 def token_bytes(tokenizer_json: Path) -> list:

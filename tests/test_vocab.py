@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -17,14 +18,12 @@ from hypothesis import strategies as st
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vocab_tokenizer_adapter import AdapterTokenizer  # noqa: E402
-
-import tokalign.vocab as V  # noqa: E402
-from tokalign import _core  # noqa: E402
-from tokalign.errors import TokalignError  # noqa: E402
-from tokalign.vocab import _common  # noqa: E402
-from tokalign.vocab.mined import search as mined_search  # noqa: E402
+import tokalign.vocab as V
+from tokalign import _core, load_tokenizer
+from tokalign.errors import TokalignError
+from tokalign.stats import MappingStats
+from tokalign.vocab import _common, registry
+from tokalign.vocab.mined import search as mined_search
 
 
 # ---- references ---------------------------------------------------------------------------------
@@ -87,14 +86,22 @@ class FakeTok:
         return list(self._raw)
 
 
+def save_stats(directory: Path, matrix, pivot_fingerprint: str, source_fingerprint: str, overwrite: bool = False) -> None:
+    """A stats folder as build-stats writes it (``MappingStats.save``), from a hand-built matrix."""
+    m = sp.csr_matrix(matrix, dtype=np.int64)
+    meta = {"pivot_fingerprint": pivot_fingerprint, "source_fingerprint": source_fingerprint,
+            "pivot_vocab": int(m.shape[0]), "source_vocab": int(m.shape[1])}
+    MappingStats(m, meta).save(directory, overwrite=overwrite)
+
+
 @pytest.fixture(scope="module")
 def openchat(tokenizers_dir):
-    return AdapterTokenizer(tokenizers_dir / "openchat-3.5")
+    return load_tokenizer(tokenizers_dir / "openchat-3.5")
 
 
 @pytest.fixture(scope="module")
 def tekken(tokenizers_dir):
-    return AdapterTokenizer(tokenizers_dir / "mistral-tekken")
+    return load_tokenizer(tokenizers_dir / "mistral-tekken")
 
 
 # ---- Levenshtein core -----------------------------------------------------------------------------
@@ -214,7 +221,7 @@ def test_mined_real_vocab_against_rapidfuzz(openchat, tekken):
 
 def test_mined_byte_fallback_preference(tokenizers_dir, openchat):
     """mistral-v1's "▁" (text b" ") has two pivot twins in OpenChat: "▁" and "<0x20>"; the ordinary one wins."""
-    llama2 = AdapterTokenizer(tokenizers_dir / "mistral-v1")
+    llama2 = load_tokenizer(tokenizers_dir / "mistral-v1")
     vm = V.mined(openchat, llama2)
     sid = llama2.raw_tokens().index("\u2581")
     assert openchat.raw_tokens()[vm.top1()[sid]] == "\u2581"
@@ -362,13 +369,12 @@ def test_ms_stats_folder_fingerprints(tmp_path):
     pivot = FakeTok([b"a", b"b"], name="p")
     source = FakeTok([b"a", b"c"], name="s")
     d = tmp_path / "stats"
-    d.mkdir()
-    sp.save_npz(d / "stats.npz", sp.csr_matrix(np.array([[2, 0], [0, 1]], dtype=np.int64)))
-    (d / "meta.json").write_text(json.dumps({"pivot_fingerprint": pivot.fingerprint, "source_fingerprint": "other"}))
+    counts = np.array([[2, 0], [0, 1]], dtype=np.int64)
+    save_stats(d, counts, pivot.fingerprint, "other")
     with pytest.raises(TokalignError) as exc:
         V.ms(pivot, source, d)
     assert "other" in str(exc.value) and source.fingerprint in str(exc.value)
-    (d / "meta.json").write_text(json.dumps({"pivot_fingerprint": pivot.fingerprint, "source_fingerprint": source.fingerprint}))
+    save_stats(d, counts, pivot.fingerprint, source.fingerprint, overwrite=True)
     assert V.ms(pivot, source, d).top1().tolist() == [0, 1]
 
 
@@ -405,51 +411,120 @@ def test_registry():
         V.build("nope", None, None)
 
 
+def test_vocab_map_save_is_reproducible_and_atomic(tmp_path):
+    pivot = FakeTok([b"<s>", b"ab", b"cd"], {0: "bos"}, name="p")
+    source = FakeTok([b"<s>", b"ab", b"ce", b"zzzz"], {0: "bos"}, name="s")
+    vm = V.mined(pivot, source, top_n=2)
+    first, second = vm.save(tmp_path / "a"), vm.save(tmp_path / "b")
+    for name in ("map.npz", "arrays.npz", "meta.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    vm.save(first)  # an earlier map is replaced
+    assert sorted(p.name for p in first.iterdir()) == ["arrays.npz", "map.npz", "meta.json"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(TokalignError, match="not empty"):
+        vm.save(other)
+    assert (other / "notes.txt").read_text() == "mine"
+    # SIGKILL while saving: no folder that looks like a map, only a hidden temporary one
+    out = tmp_path / "killed"
+    code = (
+        "import os, signal, numpy as np, scipy.sparse as sp\n"
+        "import tokalign.vocab.vocab_map as M\n"
+        "orig = M.save_sparse_npz\n"
+        "def boom(path, m):\n"
+        "    orig(path, m)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "M.save_sparse_npz = boom\n"
+        "M.VocabMap(matrix=sp.csr_matrix(np.eye(3, dtype=np.float32)), meta={'method': 'x'}).save(%r)\n" % str(out)
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode != 0
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".killed.tmp-")]
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registrations made by a test are undone afterwards."""
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(V.ORIGINS, "_names", dict(V.ORIGINS._names))
+    monkeypatch.setattr(V.ORIGINS, "_owners", dict(V.ORIGINS._owners))
+
+
+def test_registry_extension_point(scratch_registry, tmp_path, capsys):
+    """A method outside tokalign: its module plus register(); the CLI, origins and build() pick it up."""
+    from tokalign.cli import build_parser, main
+
+    pivot = FakeTok([b"<s>", b"ab", b"cd"], {0: "bos"}, name="p")
+    source = FakeTok([b"<s>", b"ab", b"ce"], {0: "bos"}, name="s")
+    em_before = V.em(pivot, source).meta["coverage"]["by_origin"]
+
+    @V.register
+    class FirstPivot(V.MapMethod):
+        name = "first"
+        description = "every ordinary source token -> pivot token 1"
+        origins = {20: "first_pivot"}
+        cli_options = (V.CliOption("--target", "target", "pivot id", default=1, type=int, metavar="ID"),)
+
+        @staticmethod
+        def build(pivot, source, *, target=1):
+            b = _common.MapBuilder(pivot, source)
+            rows = np.flatnonzero(~_common.special_mask(source))
+            b.set_one_hot(rows, np.full(rows.size, target), "first_pivot")
+            return b.build("first", {"target": target})
+
+    assert "first" in V.METHODS and V.ORIGINS[20] == "first_pivot" and V.ORIGIN_CODES["first_pivot"] == 20
+    vm = V.build("first", pivot, source, target=2)
+    assert vm.top1().tolist() == [-1, 2, 2] and vm.meta["coverage"]["by_origin"]["first_pivot"] == 2
+    # maps of the built-in methods keep their bytes: the new origin is listed only where present
+    assert V.em(pivot, source).meta["coverage"]["by_origin"] == em_before
+    sub = build_parser()._subparsers._group_actions[0].choices["vocab-map"]
+    method = next(a for a in sub._actions if a.dest == "method")
+    assert method.choices == ["em", "mined", "ms", "first"] and "first: every ordinary" in method.help
+    assert "--target" in sub.format_help()
+    # an option of another method is refused before any work
+    assert main(["vocab-map", "--pivot", "p", "--source", "s", "--method", "em", "--target", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "--target does not apply to --method em" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="clashes"):
+        V.register(type("Clash", (V.MapMethod,), {"name": "clash", "origins": {3: "other"}}))
+
+
 # ---- CLI ------------------------------------------------------------------------------------------------
 
 
-def test_cli_vocab_map(tmp_path, tokenizers_dir, monkeypatch, capsys):
-    import tokalign
+def test_cli_vocab_map(tmp_path, tokenizers_dir, capsys):
     from tokalign.cli import main
 
-    def fake_loader(name, tokenizer_dir=None, trust_remote_code=False):
-        return AdapterTokenizer(Path(tokenizer_dir) / name, name=name)
-
-    monkeypatch.setattr(tokalign, "load_tokenizer", fake_loader)
-    args = ["vocab-map", "--pivot", "openchat-3.5", "--source", "mistral-v1", "--tokenizer-dir", str(tokenizers_dir)]
+    args = ["vocab-map", "--pivot", str(tokenizers_dir / "openchat-3.5"), "--source", str(tokenizers_dir / "mistral-v1"),
+            "--tokenizer-dir", str(tokenizers_dir)]
     assert main(args + ["--method", "em", "--out", str(tmp_path / "em"), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["method"] == "em" and meta["coverage"]["ordinary_fraction"] > 0.99
     assert main(args + ["--method", "ms", "--out", str(tmp_path / "ms")]) == 2  # needs --stats
     assert "--stats" in capsys.readouterr().err
     stats = tmp_path / "stats"
-    stats.mkdir()
-    sp.save_npz(stats / "stats.npz", sp.csr_matrix((32002, 32000), dtype=np.int64))
-    (stats / "meta.json").write_text(json.dumps({"pivot_fingerprint": "abc", "source_fingerprint": "def"}))
+    save_stats(stats, sp.csr_matrix((32002, 32000), dtype=np.int64), "abc", "def")
     assert main(args + ["--method", "ms", "--stats", str(stats), "--out", str(tmp_path / "ms")]) == 2
     err = capsys.readouterr().err
     assert "abc" in err and err.count("\n") == 1
     assert not (tmp_path / "ms").exists()
 
 
-def test_cli_vocab_map_mined_and_ms(tmp_path, tokenizers_dir, monkeypatch, capsys):
-    import tokalign
+def test_cli_vocab_map_mined_and_ms(tmp_path, tokenizers_dir, capsys):
     from tokalign.cli import main
 
-    monkeypatch.setattr(tokalign, "load_tokenizer", lambda name, tokenizer_dir=None, trust_remote_code=False:
-                        AdapterTokenizer(Path(tokenizer_dir) / name, name=name))
-    pivot = AdapterTokenizer(tokenizers_dir / "openchat-3.5")
-    source = AdapterTokenizer(tokenizers_dir / "mistral-v1")
-    args = ["vocab-map", "--pivot", "openchat-3.5", "--source", "mistral-v1", "--tokenizer-dir", str(tokenizers_dir)]
+    pivot = load_tokenizer(tokenizers_dir / "openchat-3.5")
+    source = load_tokenizer(tokenizers_dir / "mistral-v1")
+    args = ["vocab-map", "--pivot", str(tokenizers_dir / "openchat-3.5"), "--source", str(tokenizers_dir / "mistral-v1"),
+            "--tokenizer-dir", str(tokenizers_dir)]
     assert main(args + ["--method", "mined", "--top-n", "2", "--out", str(tmp_path / "mined")]) == 0
     assert "vocab-map mined" in capsys.readouterr().out
     vm = V.load(tmp_path / "mined", expect_pivot=pivot, expect_source=source)
     assert vm.meta["options"] == {"top_n": 2, "weighting": "inverse"}
     stats = tmp_path / "stats"
-    stats.mkdir()
     c = sp.csr_matrix(([5, 2], ([10, 11], [10, 12])), shape=(pivot.vocab_size, source.vocab_size), dtype=np.int64)
-    sp.save_npz(stats / "stats.npz", c)
-    (stats / "meta.json").write_text(json.dumps({"pivot_fingerprint": pivot.fingerprint, "source_fingerprint": source.fingerprint}))
+    save_stats(stats, c, pivot.fingerprint, source.fingerprint)
     out = tmp_path / "ms"
     assert main(args + ["--method", "ms", "--stats", str(stats), "--variant", "fusechat", "--fallback", "em", "--out", str(out), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)

@@ -79,7 +79,8 @@ def load_sparse_npz(path: str | os.PathLike) -> sp.csr_matrix:
         raise TokalignError(f"{path}: file not found")
     try:
         with np.load(path, allow_pickle=False) as z:
-            fmt = str(z["format"])
+            fmt = z["format"].item()
+            fmt = fmt.decode("ascii") if isinstance(fmt, bytes) else str(fmt)  # scipy.sparse.save_npz writes bytes
             if fmt != "csr":
                 raise TokalignError(f"{path}: expected a CSR matrix, found format {fmt!r}")
             shape = tuple(int(x) for x in z["shape"])

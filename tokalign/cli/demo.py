@@ -1,7 +1,7 @@
 """tokalign demo: the whole alignment pipeline for one tokenizer pair in one command.
 
-build-stats -> vocab-map em / mined / ms -> report (text, JSON, and a figure when matplotlib is
-installed). With no flags it runs offline on tokenizers shipped inside PyPI packages (openchat-3.5's
+build-stats -> vocab-map with every registered method (em, mined, ms) -> report (text, JSON, and a
+figure when matplotlib is installed). With no flags it runs offline on tokenizers shipped inside PyPI packages (openchat-3.5's
 vocabulary and Mistral-NeMo's tekken, from mistral-common) and on the small built-in corpus.
 """
 from .common import add_tokenizer_options, formatter
@@ -10,13 +10,17 @@ EPILOG = """examples:
   tokalign demo --out tokalign-demo                     # offline, embedded tokenizers, built-in corpus
   tokalign demo --source internlm2 --tokenizer-dir ../shared/tokenizers \\
       --corpus ../shared/corpora/alpacaeval_parallel.jsonl --out demo-internlm2
-outputs: OUT/stats, OUT/map-em, OUT/map-mined, OUT/map-ms, OUT/report.json, OUT/report.txt, OUT/report.png
+outputs: OUT/stats, %s, OUT/report.json, OUT/report.txt, OUT/report.png
 """
 
 
 def register(sub):
-    p = sub.add_parser("demo", help="run build-stats, vocab-map (em, mined, ms) and report for one pair",
-                       description=__doc__, epilog=EPILOG, formatter_class=formatter())
+    from ..vocab.registry import method_names
+
+    names = method_names()
+    p = sub.add_parser("demo", help="run build-stats, vocab-map (%s) and report for one pair" % ", ".join(names),
+                       description=__doc__, epilog=EPILOG % ", ".join("OUT/map-" + n for n in names),
+                       formatter_class=formatter())
     p.add_argument("--pivot", default="openchat", help="pivot tokenizer (default openchat)")
     p.add_argument("--source", default="mistral-nemo", help="source tokenizer (default mistral-nemo)")
     p.add_argument("--corpus", nargs="+", default=["builtin:sample"], help="corpus files (default builtin:sample)")
@@ -32,10 +36,10 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from .. import vocab
     from ..artifacts import atomic_dir
     from ..stats import BuildOptions, build_stats, summary_line
     from ..report import build_report, format_report, load_any, plot_report
+    from ..vocab.registry import methods
     from .common import load_pair, print_json
 
     t0 = time.perf_counter()
@@ -46,14 +50,16 @@ def run(args) -> int:
         stats = build_stats(pivot, source, args.corpus, BuildOptions())
         stats.save(tmp / "stats")
         print(summary_line(stats))
-        for method in ("em", "mined", "ms"):
+        maps = []
+        for method in methods():
             t = time.perf_counter()
-            extra = {"stats": stats.matrix} if method == "ms" else {}
-            vm = vocab.build(method, pivot, source, **extra)
-            vm.save(tmp / f"map-{method}")
+            extra = {"stats": stats.matrix} if method.needs_stats else {}
+            vm = method.build(pivot, source, **extra)
+            vm.save(tmp / f"map-{method.name}")
+            maps.append(f"map-{method.name}")
             print("vocab-map %-5s mapped %d/%d source tokens in %.1fs"
-                  % (method, int(vm.mapped().sum()), vm.source_vocab, time.perf_counter() - t))
-        items = [load_any(tmp / d) for d in ("stats", "map-em", "map-mined", "map-ms")]
+                  % (method.name, int(vm.mapped().sum()), vm.source_vocab, time.perf_counter() - t))
+        items = [load_any(tmp / d) for d in ["stats"] + maps]
         report = build_report(items, pivot, source)
         try:
             plot_report(report, str(tmp / "report.png"))
@@ -66,6 +72,6 @@ def run(args) -> int:
         print_json(report)
     else:
         print(text)
-    print("demo: done in %.1fs; artifacts in %s (stats, map-em, map-mined, map-ms, report.*)"
-          % (time.perf_counter() - t0, Path(args.out)))
+    print("demo: done in %.1fs; artifacts in %s (stats, %s, report.*)"
+          % (time.perf_counter() - t0, Path(args.out), ", ".join(maps)))
     return 0

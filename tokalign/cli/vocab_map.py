@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Dict
 
 from ..errors import TokalignError
 
@@ -27,23 +27,28 @@ Edit distances count code points (stray bytes of partial UTF-8 tokens one unit e
 
 
 def register(subparsers: Any) -> None:
+    from ..vocab import registry
+
+    methods = registry.methods()
     p = subparsers.add_parser(
         "vocab-map",
-        help="build a source -> pivot vocabulary map (em | mined | ms)",
+        help="build a source -> pivot vocabulary map (%s)" % " | ".join(m.name for m in methods),
         description="Build a vocabulary map from the source tokenizer to the pivot tokenizer.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--pivot", required=True, help="pivot tokenizer (alias or path)")
     p.add_argument("--source", required=True, help="source tokenizer (alias or path)")
-    p.add_argument("--method", required=True, choices=("em", "mined", "ms"))
-    p.add_argument("--stats", metavar="DIR", help="ms: mapping statistics folder (stats.npz + meta.json)")
-    p.add_argument("--variant", choices=("argmax", "soft", "fusechat"), default="argmax", help="ms variant (default argmax)")
-    p.add_argument("--top-n", type=int, default=None, metavar="N", help="mined: keep the N nearest; ms soft: keep the N largest counts")
-    p.add_argument("--weighting", choices=("inverse", "uniform"), default="inverse", help="mined top-n weights (default 1/(1+d))")
-    p.add_argument("--fallback", choices=("mined", "em", "unk", "none"), default="mined", help="ms: tokens never seen in the corpus (default mined)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where --method mined runs: auto (GPU when tokalign._cuda and a device are available, default), cpu or cuda")
+    p.add_argument("--method", required=True, choices=[m.name for m in methods],
+                   help="; ".join("%s: %s" % (m.name, m.description) for m in methods))
+    needs_stats = [m.name for m in methods if m.needs_stats]
+    p.add_argument("--stats", metavar="DIR",
+                   help="%s: mapping statistics folder (stats.npz + meta.json)" % ", ".join(needs_stats))
+    # each method's own options (tokalign.vocab.registry.CliOption); None = not given
+    for flag, (opt, _users) in registry.cli_options().items():
+        declared = {m: o for m in methods for o in m.cli_options if o.flag == flag}
+        p.add_argument(flag, default=None, type=opt.type, choices=opt.choices, metavar=opt.metavar,
+                       help="; ".join("%s: %s" % (m.name, o.help) for m, o in declared.items()))
     p.add_argument("--threads", type=int, default=0, help="native threads (default: all)")
     p.add_argument("--tokenizer-dir", metavar="DIR", default=None, help="folder holding tokenizer aliases")
     p.add_argument("--trust-remote-code", action="store_true", help="allow tokenizer code from the hub (off by default)")
@@ -53,44 +58,42 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def method_options(method: Any, args: argparse.Namespace) -> Dict[str, Any]:
+    """``build`` keywords of ``method`` from the command line; TokalignError (before any work) when
+    ``--stats`` is missing or extra, or an option of another method is given."""
+    from ..vocab import registry
+
+    if method.needs_stats and not args.stats:
+        raise TokalignError("--method %s needs --stats DIR" % method.name)
+    if args.stats and not method.needs_stats:
+        users = [m.name for m in registry.methods() if m.needs_stats]
+        raise TokalignError("--stats applies to --method %s only" % " / ".join(users))
+    own = {o.flag for o in method.cli_options}
+    for flag, (opt, users) in registry.cli_options().items():
+        if flag not in own and getattr(args, opt.dest) is not None:
+            raise TokalignError("%s does not apply to --method %s (only to %s)" % (flag, method.name, " / ".join(users)))
+    return method.options_from_cli({o.dest: getattr(args, o.dest) for o in method.cli_options})
+
+
 def run(args: argparse.Namespace) -> int:
     import tokalign
-    from .. import vocab
 
-    if args.method == "ms" and not args.stats:
-        raise TokalignError("--method ms needs --stats DIR")
-    if args.method != "ms" and args.stats:
-        raise TokalignError("--stats applies to --method ms only")
-    if args.top_n is not None and args.top_n < 1:
-        raise TokalignError("--top-n must be >= 1, got %d" % args.top_n)
-    if args.method == "em" and args.top_n is not None:
-        raise TokalignError("--top-n does not apply to --method em")
-    if args.method == "ms" and args.top_n is not None and args.variant != "soft":
-        raise TokalignError("--top-n applies to --method ms only with --variant soft")
+    from ..stats import MappingStats
+    from ..vocab import registry
 
-    device = "cpu"
-    if args.method == "mined":
-        from ..device import resolve_device
-
-        device = resolve_device(args.device)  # --device cuda without a GPU: one-line error before any work
-
+    method = registry.get_method(args.method)
+    options = method_options(method, args)
     started = time.time()
     load = lambda name: tokalign.load_tokenizer(  # noqa: E731
         name, tokenizer_dir=args.tokenizer_dir, trust_remote_code=args.trust_remote_code
     )
     pivot, source = load(args.pivot), load(args.source)
-    progress = not args.no_progress and sys.stderr.isatty()
-    if args.method == "em":
-        vm = vocab.em(pivot, source)
-    elif args.method == "mined":
-        vm = vocab.mined(pivot, source, top_n=args.top_n or 1, weighting=args.weighting, threads=args.threads, progress=progress,
-                        device=device)
-    else:
-        stats, stats_meta = vocab.load_stats(args.stats, pivot, source)
-        vm = vocab.ms(
-            pivot, source, stats, variant=args.variant, top_n=args.top_n, fallback=args.fallback,
-            threads=args.threads, progress=progress, stats_meta=stats_meta,
-        )
+    runtime = {"threads": args.threads, "progress": not args.no_progress and sys.stderr.isatty()}
+    options.update({k: runtime[k] for k in method.runtime})
+    if method.needs_stats:
+        stats = MappingStats.load(args.stats, expect_pivot=pivot.fingerprint, expect_source=source.fingerprint)
+        options.update(stats=stats.matrix, stats_meta=stats.meta)
+    vm = method.build(pivot, source, **options)
     vm.meta["elapsed_s"] = round(time.time() - started, 3)
     vm.save(args.out)
     cov = vm.meta["coverage"]

@@ -23,7 +23,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import TokalignError
+from .registry import BUILTIN
 from .vocab_map import ORIGIN_CODES, ORIGINS, VocabMap
+
+BUILTIN_OWNERS = ("",) + tuple(BUILTIN)  # "": the shared origin codes
 
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 ROLE_ORDER = ("bos", "eos", "pad", "unk")
@@ -177,7 +180,10 @@ def coverage(vm: VocabMap, source_special: np.ndarray) -> Dict[str, Any]:
     mapped = vm.mapped()
     ordinary = ~source_special
     n_ord = int(ordinary.sum())
-    by_origin = {name: int((vm.origin == code).sum()) for code, name in ORIGINS.items()}
+    # every shared and built-in origin is listed (zero or not); another method's only where present,
+    # so registering a method never changes the bytes of the maps the built-in methods save
+    counts = {code: int((vm.origin == code).sum()) for code in ORIGINS}
+    by_origin = {ORIGINS[code]: n for code, n in counts.items() if n or ORIGINS.owner(code) in BUILTIN_OWNERS}
     d = vm.distances if vm.distances is not None else np.full(vm.source_vocab, -1)
     sel = mapped & ordinary & (d >= 0)
     return {

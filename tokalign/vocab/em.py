@@ -11,6 +11,7 @@ from typing import Any, Dict
 import numpy as np
 
 from . import _common as C
+from .registry import MapMethod, register
 from .vocab_map import VocabMap
 
 
@@ -50,3 +51,10 @@ def build(pivot: Any, source: Any, *, specials: bool = True) -> VocabMap:
         pairs = C.special_pairs(pivot, source)
         b.set_one_hot(np.array(list(pairs), dtype=np.int64), np.array(list(pairs.values()), dtype=np.int64), "special")
     return b.build("em", {"specials": specials})
+
+
+@register
+class ExactMatch(MapMethod):
+    name = "em"
+    description = "exact canonical-text match (special tokens by role)"
+    build = staticmethod(build)

@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from . import _common as C
+from .registry import CliOption, MapMethod, positive, register
 from .vocab_map import VocabMap
 
 WEIGHTINGS = ("inverse", "uniform")
@@ -142,3 +143,28 @@ def build(
     pairs = C.special_pairs(pivot, source)
     b.set_one_hot(np.array(list(pairs), dtype=np.int64), np.array(list(pairs.values()), dtype=np.int64), "special")
     return b.build("mined", {"top_n": int(top_n), "weighting": weighting}, {"search": stats})
+
+
+@register
+class MinED(MapMethod):
+    name = "mined"
+    description = "minimum edit distance (native, exact; --device cuda on the GPU)"
+    runtime = ("threads", "progress")
+    origins = {3: "mined"}  # minimum edit distance
+    cli_options = (
+        CliOption("--top-n", "top_n", "keep the N nearest (default 1)", default=1, type=int, metavar="N"),
+        CliOption("--weighting", "weighting", "top-n weights: inverse 1/(1+d) (default) or uniform",
+                  default="inverse", choices=WEIGHTINGS),
+        CliOption("--device", "device", "where the search runs: auto (GPU when tokalign._cuda and a device are "
+                  "available, default), cpu or cuda", default="auto", choices=("auto", "cpu", "cuda")),
+    )
+    build = staticmethod(build)
+
+    @classmethod
+    def options_from_cli(cls, values: Dict[str, Any]) -> Dict[str, Any]:
+        from ..device import resolve_device
+
+        out = super().options_from_cli(values)
+        positive(out["top_n"], "--top-n")
+        out["device"] = resolve_device(out["device"])  # --device cuda without a GPU: one-line error before any work
+        return out

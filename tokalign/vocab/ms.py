@@ -24,9 +24,8 @@ tokenizers have that role (FuseChat does this for bos and eos), overriding the s
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+import os
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,45 +34,12 @@ from ..errors import TokalignError
 from . import _common as C
 from . import em as em_method
 from . import mined as mined_method
+from .registry import CliOption, MapMethod, positive, register
 from .vocab_map import VocabMap
 
 VARIANTS = ("argmax", "soft", "fusechat")
 FALLBACKS = ("mined", "em", "unk", "none")
 FUSECHAT_SUBSTRING_WEIGHT = 0.1
-
-
-def load_stats(directory: Union[str, Path], pivot: Any = None, source: Any = None) -> Tuple[sp.csr_matrix, Dict[str, Any]]:
-    """Read ``DIR/stats.npz`` + ``DIR/meta.json``; refuse statistics of other tokenizers.
-
-    Raises:
-        TokalignError: missing files, or ``pivot_fingerprint`` / ``source_fingerprint`` in meta.json
-            differing from the tokenizers given (both fingerprints named).
-    """
-    d = Path(directory)
-    meta_path, npz_path = d / "meta.json", d / "stats.npz"
-    for p in (meta_path, npz_path):
-        if not p.is_file():
-            raise TokalignError("%s: mapping statistics folder lacks %s" % (d, p.name))
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TokalignError("%s: cannot read: %s" % (meta_path, exc)) from exc
-    for side, tok in (("pivot", pivot), ("source", source)):
-        if tok is None:
-            continue
-        key = side + "_fingerprint"
-        if key not in meta:
-            raise TokalignError("%s: field %r missing" % (meta_path, key))
-        if meta[key] != tok.fingerprint:
-            raise TokalignError(
-                "%s: statistics were built for %s tokenizer fingerprint %s, but %s tokenizer %r has fingerprint %s"
-                % (d, side, meta[key], side, getattr(tok, "name", "?"), tok.fingerprint)
-            )
-    try:
-        stats = sp.load_npz(npz_path).tocsr()
-    except (OSError, ValueError, KeyError) as exc:
-        raise TokalignError("%s: cannot read: %s" % (npz_path, exc)) from exc
-    return stats, meta
 
 
 def marker_of(tok: Any) -> str:
@@ -139,7 +105,9 @@ def build(
     """MS vocabulary map ``source -> pivot`` (see module docstring).
 
     Args:
-        stats: CSR (pivot_vocab, source_vocab) counts, or a folder with stats.npz + meta.json.
+        stats: CSR (pivot_vocab, source_vocab) counts, a :class:`tokalign.stats.MappingStats`, or its
+            folder (read with :meth:`~tokalign.stats.MappingStats.load`, which refuses statistics of
+            other tokenizers).
         variant: ``argmax`` | ``soft`` | ``fusechat``.
         top_n: ``soft`` only: keep the n largest counts per source token.
         fallback: ``mined`` | ``em`` | ``unk`` | ``none`` for source tokens without counts.
@@ -153,8 +121,12 @@ def build(
         raise TokalignError("fallback must be one of %s, got %r" % ("|".join(FALLBACKS), fallback))
     if top_n is not None and (variant != "soft" or top_n < 1):
         raise TokalignError("top_n applies to variant 'soft' only and must be >= 1")
-    if isinstance(stats, (str, Path)):
-        stats, stats_meta = load_stats(stats, pivot, source)
+    from ..stats import MappingStats
+
+    if isinstance(stats, (str, os.PathLike)):
+        stats = MappingStats.load(stats, expect_pivot=pivot.fingerprint, expect_source=source.fingerprint)
+    if isinstance(stats, MappingStats):
+        stats, stats_meta = stats.matrix, stats.meta if stats_meta is None else stats_meta
     counts_ps = _check_stats(stats, pivot, source)
     cs = counts_ps.T.tocsr()  # (source, pivot)
     cs.sort_indices()
@@ -211,3 +183,32 @@ def build(
         options["markers"] = [markers[0] if markers[0] is not None else marker_of(pivot),
                               markers[1] if markers[1] is not None else marker_of(source)]
     return b.build("ms", options, extra)
+
+
+@register
+class MappingStatistics(MapMethod):
+    name = "ms"
+    description = "from mapping statistics (FuseChat; needs --stats)"
+    needs_stats = True
+    runtime = ("threads", "progress")
+    origins = {
+        4: "stats",  # mapping statistics
+        5: "fallback_mined",  # never seen in the corpus, MinED instead
+        6: "fallback_em",  # never seen, exact match instead
+        7: "fallback_unk",  # never seen, pivot unk token (as released FuseChat does)
+    }
+    cli_options = (
+        CliOption("--variant", "variant", "argmax (default), soft or fusechat", default="argmax", choices=VARIANTS),
+        CliOption("--top-n", "top_n", "with --variant soft, keep the N largest counts", type=int, metavar="N"),
+        CliOption("--fallback", "fallback", "tokens never seen in the corpus: mined (default), em, unk or none",
+                  default="mined", choices=FALLBACKS),
+    )
+    build = staticmethod(build)
+
+    @classmethod
+    def options_from_cli(cls, values: Dict[str, Any]) -> Dict[str, Any]:
+        out = super().options_from_cli(values)
+        positive(out["top_n"], "--top-n")
+        if out["top_n"] is not None and out["variant"] != "soft":
+            raise TokalignError("--top-n applies to --method ms only with --variant soft")
+        return out

@@ -5,12 +5,13 @@ weights of the pivot tokens source token ``s`` maps to and sums to 1, or is empt
 
 On disk (``DIR/``):
 
-* ``map.npz``: the matrix (``scipy.sparse.save_npz``; no pickles),
+* ``map.npz``: the matrix (scipy's sparse ``.npz`` layout, no pickles),
 * ``arrays.npz``: ``distances`` int32 (source_vocab,) and ``origin`` int8 (source_vocab,),
 * ``meta.json``: method, options, fingerprints, vocab sizes, coverage figures.
 
-Every file is written to a temporary name and renamed; ``meta.json`` comes last, so a folder
-without it is an interrupted write and is refused on load.
+Written like every tokalign artifact (:mod:`tokalign.artifacts`): the same map gives the same bytes,
+and the folder appears in one rename once complete, so an interrupted save leaves no folder that
+looks like a map (only a hidden ``.NAME.tmp-*`` one). ``meta.json`` is still required on load.
 """
 from __future__ import annotations
 
@@ -18,29 +19,110 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import scipy.sparse as sp
 
 from .. import __version__
+from ..artifacts import (atomic_dir, load_npz_arrays, load_sparse_npz, save_npz_arrays, save_sparse_npz,
+                         write_json_atomic)
 from ..errors import TokalignError
 
 FORMAT = "tokalign.vocab_map"
 FORMAT_VERSION = 1
 
-# Why each source row holds what it holds (``VocabMap.origin``).
-ORIGINS = {
+MAP_FILE, ARRAYS_FILE, META_FILE = "map.npz", "arrays.npz", "meta.json"
+
+# Why each source row holds what it holds (``VocabMap.origin``, int8). Codes are part of the on-disk
+# format: once used, a code keeps its meaning. The codes any method may write are listed here; a method
+# declares the codes only it writes on its registry class (``MapMethod.origins``: mined 3, ms 4-7), so a
+# new method never edits this file.
+SHARED_ORIGINS = {
     0: "unmapped",
     1: "special",  # special token matched by role (bos<->bos, ...) or identical literal content
     2: "exact",  # identical canonical text
-    3: "mined",  # minimum edit distance
-    4: "stats",  # mapping statistics (MS)
-    5: "fallback_mined",  # MS: never seen in the corpus, MinED instead
-    6: "fallback_em",  # MS: never seen, exact match instead
-    7: "fallback_unk",  # MS: never seen, pivot unk token (as released FuseChat does)
 }
-ORIGIN_CODES = {name: code for code, name in ORIGINS.items()}
+
+
+class OriginTable(Mapping[int, str]):
+    """code -> origin name: :data:`SHARED_ORIGINS` plus the codes registered methods declare.
+
+    Reading it imports the built-in methods first, so the names of every built-in code are known
+    (a saved map is readable without importing its method by hand).
+    """
+
+    def __init__(self, shared: Mapping[int, str]):
+        self._names: Dict[int, str] = dict(shared)
+        self._owners: Dict[int, str] = {code: "" for code in shared}
+        self._state = "lazy"  # -> "loading" -> "loaded"
+
+    def add(self, codes: Mapping[int, str], owner: str) -> None:
+        """Record ``owner``'s codes; a code or a name already taken with another meaning is refused."""
+        codes = {int(c): str(n) for c, n in codes.items()}
+        by_name = {n: c for c, n in self._names.items()}
+        for code, name in codes.items():
+            if not 0 <= code <= 127:
+                raise ValueError("origin code %d of %r is outside int8 0..127" % (code, owner))
+            if self._names.get(code, name) != name or by_name.get(name, code) != code:
+                raise ValueError("origin %d=%r of %r clashes with %d=%r" % (
+                    code, name, owner, by_name.get(name, code), self._names.get(code, name)))
+        for code, name in codes.items():
+            self._names[code] = name
+            self._owners.setdefault(code, owner)
+
+    def owner(self, code: int) -> str:
+        """The method that declared ``code`` (``""`` for the shared codes)."""
+        self._load()
+        return self._owners[code]
+
+    def _load(self) -> None:
+        if self._state == "lazy":
+            self._state = "loading"  # registering the built-ins reads nothing back
+            from .registry import load_builtin
+
+            try:
+                load_builtin()
+            finally:
+                self._state = "loaded"
+
+    def __getitem__(self, code: int) -> str:
+        self._load()
+        return self._names[code]
+
+    def __iter__(self) -> Iterator[int]:
+        self._load()
+        return iter(dict(self._names))
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return "OriginTable(%r)" % dict(self.items())
+
+
+class _OriginCodes(Mapping[str, int]):
+    """name -> code view of an :class:`OriginTable`."""
+
+    def __init__(self, table: OriginTable):
+        self._table = table
+
+    def __getitem__(self, name: str) -> int:
+        for code, n in self._table.items():
+            if n == name:
+                return code
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([n for n in self._table.values()])
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+ORIGINS = OriginTable(SHARED_ORIGINS)
+ORIGIN_CODES: Mapping[str, int] = _OriginCodes(ORIGINS)
 
 
 def _fingerprint_of(expected: Any) -> Optional[str]:
@@ -52,19 +134,6 @@ def _fingerprint_of(expected: Any) -> Optional[str]:
     if not isinstance(fp, str):
         raise TypeError("expected a fingerprint string or a Tokenizer, got %r" % type(expected).__name__)
     return fp
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(".%s.tmp-%d" % (path.name, os.getpid()))
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass
@@ -116,30 +185,29 @@ class VocabMap:
 
     # ---- persistence --------------------------------------------------------------------------
 
-    def save(self, directory: Union[str, os.PathLike]) -> Path:
-        """Write ``map.npz``, ``arrays.npz`` and ``meta.json`` into ``directory`` (created)."""
+    def save(self, directory: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+        """Write ``map.npz``, ``arrays.npz`` and ``meta.json`` as the folder ``directory``, atomically.
+
+        A folder holding an earlier vocab map (only map files) is replaced; any other non-empty
+        folder is refused unless ``overwrite``.
+        """
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        meta_path = d / "meta.json"
-        if meta_path.exists():  # the old map stays readable until the new one is complete
-            meta_path.unlink()
+        if d.is_dir() and not overwrite:
+            overwrite = all(p.name in (MAP_FILE, ARRAYS_FILE, META_FILE) for p in d.iterdir())
         matrix = sp.csr_matrix(self.matrix, dtype=np.float32)
-        matrix.sort_indices()
-        _atomic_write(d / "map.npz", lambda f: sp.save_npz(f, matrix, compressed=True))
         n = matrix.shape[0]
         distances = self.distances if self.distances is not None else np.full(n, -1, dtype=np.int32)
         origin = self.origin if self.origin is not None else np.zeros(n, dtype=np.int8)
-        _atomic_write(
-            d / "arrays.npz",
-            lambda f: np.savez_compressed(f, distances=np.asarray(distances, dtype=np.int32), origin=np.asarray(origin, dtype=np.int8)),
-        )
         meta = dict(self.meta)
         meta.setdefault("format", FORMAT)
         meta.setdefault("format_version", FORMAT_VERSION)
         meta.setdefault("tokalign_version", __version__)
         meta["shape"] = [int(matrix.shape[0]), int(matrix.shape[1])]
-        payload = (json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-        _atomic_write(meta_path, lambda f: f.write(payload))
+        with atomic_dir(d, overwrite=overwrite) as tmp:
+            save_sparse_npz(tmp / MAP_FILE, matrix)
+            save_npz_arrays(tmp / ARRAYS_FILE, {"distances": np.asarray(distances, dtype=np.int32),
+                                                "origin": np.asarray(origin, dtype=np.int8)})
+            write_json_atomic(tmp / META_FILE, meta)
         return d
 
     @classmethod
@@ -155,7 +223,7 @@ class VocabMap:
             TokalignError: missing/corrupt files, or a fingerprint that does not match (both named).
         """
         d = Path(directory)
-        meta_path = d / "meta.json"
+        meta_path = d / META_FILE
         if not meta_path.is_file():
             raise TokalignError("%s: not a vocab map folder (no meta.json; an interrupted write?)" % d)
         try:
@@ -172,25 +240,21 @@ class VocabMap:
                     "%s: vocab map was built for %s tokenizer fingerprint %s, but the %s tokenizer given has fingerprint %s"
                     % (d, side, have, side, want)
                 )
-        try:
-            matrix = sp.load_npz(d / "map.npz").tocsr()
-        except (OSError, ValueError, KeyError) as exc:
-            raise TokalignError("%s: cannot read: %s" % (d / "map.npz", exc)) from exc
+        matrix = load_sparse_npz(d / MAP_FILE)
         if list(matrix.shape) != list(meta.get("shape", [])):
             raise TokalignError("%s: matrix shape %s does not match meta.json field 'shape' %s" % (d, matrix.shape, meta.get("shape")))
         distances = origin = None
-        arrays_path = d / "arrays.npz"
+        arrays_path = d / ARRAYS_FILE
         if arrays_path.is_file():
-            with np.load(arrays_path, allow_pickle=False) as z:
-                distances = z["distances"].astype(np.int32)
-                origin = z["origin"].astype(np.int8)
+            z = load_npz_arrays(arrays_path)
+            distances, origin = z["distances"].astype(np.int32), z["origin"].astype(np.int8)
             if distances.shape != (matrix.shape[0],) or origin.shape != (matrix.shape[0],):
                 raise TokalignError("%s: arrays do not have one entry per source token (%d)" % (arrays_path, matrix.shape[0]))
         vm = cls(matrix=matrix.astype(np.float32), meta=meta, distances=distances, origin=origin)
         sums = np.asarray(vm.matrix.sum(axis=1)).ravel()
         bad = vm.mapped() & (np.abs(sums - 1.0) > 1e-4)
         if bad.any():
-            raise TokalignError("%s: row %d sums to %.6f, expected 1 or an empty row" % (d / "map.npz", int(np.flatnonzero(bad)[0]), sums[bad][0]))
+            raise TokalignError("%s: row %d sums to %.6f, expected 1 or an empty row" % (d / MAP_FILE, int(np.flatnonzero(bad)[0]), sums[bad][0]))
         return vm
 
 
