@@ -585,6 +585,7 @@ def _dump_device(cfg: BenchConfig) -> str:
 def build_maps(bench: Bench, data_dir: Path) -> Dict[str, Path]:
     """build-stats over the pretrain + fusion texts (span alignment), then vocab-map em / mined / ms."""
     from tokalign import vocab
+    from tokalign.stats import MappingStats
     from tokalign.stats.build import BuildOptions, build_stats, summary_line
 
     key = {"data": bench.data_key(), "pivot": bench.pivot_tok.fingerprint, "source": bench.source_tok.fingerprint}
@@ -600,7 +601,8 @@ def build_maps(bench: Bench, data_dir: Path) -> Dict[str, Path]:
     maps = {}
     for method in MAP_METHODS:
         def build_map(out: Path, method=method) -> None:
-            extra = {"stats": vocab.load_stats(stats_dir, bench.pivot_tok, bench.source_tok)[0]} if method == "ms" else {}
+            extra = {"stats": MappingStats.load(stats_dir, expect_pivot=bench.pivot_tok.fingerprint,
+                                                expect_source=bench.source_tok.fingerprint).matrix} if method == "ms" else {}
             vm = vocab.build(method, bench.pivot_tok, bench.source_tok, **extra)
             vm.save(out / "map")
             bench.log("  vocab-map %s: %d/%d source tokens mapped" % (method, int(vm.mapped().sum()), vm.source_vocab))
