@@ -12,8 +12,14 @@ for a lossless tokenizer ``b"".join(texts[i] for i in ids) == text.encode()``:
 * WordPiece: ``##x`` -> ``x`` and a word-initial piece -> its text. This is an approximation: the space
   that separates words is not part of any WordPiece token, and BERT normalisers lower-case / strip
   accents, so the join does not reproduce the text.
-* Added / special tokens: their literal content (with ``▁`` -> space for normalized added tokens of a
-  Metaspace vocabulary). Tokens the tokenizer marks ``special`` are flagged in ``special_mask``.
+* Non-special added tokens (``added_tokens`` with ``"special": false``): the same per-token conversion as
+  the model vocabulary, i.e. the text the tokenizer's decoder produces for them. Gemma's whitespace runs
+  (``▁▁``, ``▁▁▁`` ...) are such tokens, listed with ``"normalized": false`` but emitted by the model from
+  the normalized text, so their literal ``▁`` would never match the text's spaces. (An added token that
+  the model cannot emit and whose content the decoder changes, such as a byte-level vocabulary's ``õ``
+  meaning byte 0xF5, is then matched in text it does not spell: those texts fall back to library offsets.)
+* Special tokens: their literal content (with ``▁`` -> space for normalized ones of a Metaspace
+  vocabulary), flagged in ``special_mask``.
 """
 from __future__ import annotations
 
@@ -168,6 +174,11 @@ def build_tables(engine) -> CanonicalTables:
         added[i] = True
         special[i] = bool(tok.special)
         content = tok.content
+        if not tok.special:
+            # what the decoder makes of it (the decoder runs on non-special added tokens too); converted
+            # piece by piece so that a decoder's Strip of the dummy-prefix space cannot touch it
+            texts[i] = _canonical_piece(content, family)
+            continue
         if family.kind == "metaspace" and tok.normalized:
             content = content.replace(SPIECE_UNDERLINE, " ")
         texts[i] = content.encode("utf-8")
