@@ -320,7 +320,7 @@ def store_mode(args) -> dict:
 
     from tokalign import load_tokenizer
     from tokalign.cli import main as cli_main
-    from tokalign.cli.remap import FLUSH_TOKENS, OUTPUT_COMPRESSION_LEVEL
+    from tokalign.remap.run import FLUSH_TOKENS, OUTPUT_COMPRESSION_LEVEL
     from tokalign.remap.stores import SOURCE_FIELDS, TokenBytes, remap_stores
     from tokalign.store import StoreWriter, open_store, open_writer
     from tokalign.vocab import VocabMap

@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from remap_samples import build_samples, remap_samples, token_byte_offsets
 from tokalign.align import span
-from tokalign.cli.remap import build_samples, remap_samples, token_byte_offsets
 from tokalign.errors import TokalignError
 from tokalign.remap.ce import wants_remap_ce
 

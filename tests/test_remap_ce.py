@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from remap_ce_reference import remapped_token_ce_packed_reference, source_nll_by_group_reference  # noqa: E402
 from remap_reference import random_groups  # noqa: E402
+from remap_samples import remapped_token_ce, token_byte_offsets  # noqa: E402
 from remap_store_reference import remap_per_sample  # noqa: E402
 from tokalign.testing import real_pair  # noqa: E402
 
@@ -23,7 +24,6 @@ from fusion_train.fuse.losses import TeacherTargets, min_ce_choice  # noqa: E402
 from tokalign import vocab  # noqa: E402
 from tokalign.align import span  # noqa: E402
 from tokalign.cli import main  # noqa: E402
-from tokalign.cli.remap import remapped_token_ce, token_byte_offsets  # noqa: E402
 from tokalign.errors import TokalignError  # noqa: E402
 from tokalign.remap import prepare_map  # noqa: E402
 from tokalign.remap.ce import CE_DEFINITION, source_nll_by_group  # noqa: E402
@@ -125,7 +125,8 @@ def test_token_ce_sums_to_the_source_nll(world):
 
 
 def test_per_sample_path_gives_the_same_store(world, tmp_path):
-    """cli/remap.py's per-sample path (64 samples per call) and the engine agree bit for bit on token_ce and seq_ce."""
+    """The per-sample path (tests/remap_store_reference.py, 64 samples per call) and the engine agree bit for bit on
+    token_ce and seq_ce."""
     a, b, pm = world["pivot"], world["source"], world["pm"]
     w = StoreWriter.create(str(tmp_path / "ref.zarr"), world["out"].schema)
     remap_per_sample(a, b, pm, w, a.sample_ids, world["tp"].token_texts(), world["ts"].token_texts(), k_out=6)

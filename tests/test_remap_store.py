@@ -19,8 +19,8 @@ from tokalign.testing import real_pair  # noqa: E402
 
 from tokalign.cli import main  # noqa: E402
 from tokalign.errors import TokalignError  # noqa: E402
-from tokalign.remap.stores import (REMAP_CE_EXTRA, REMAP_EXTRAS, ChunkGather, TokenBytes, align_packed,  # noqa: E402
-                                  plan_batches, remap_stores)
+from tokalign.remap.stores import (REMAP_CE_EXTRA, REMAP_EXTRAS, TokenBytes, align_packed,  # noqa: E402
+                                  remap_stores, token_budget_batches)
 from tokalign.store import StoreSchema, StoreWriter, open_store, open_writer  # noqa: E402
 
 EXTRAS = REMAP_EXTRAS + (REMAP_CE_EXTRA,)
@@ -121,7 +121,7 @@ def test_same_texts_take_the_span_path(world, tmp_path):
     texts = ["Hello world", "def f(x):\n    return x", "你好，世界"]
     pb, sb = TokenBytes.of(tp), TokenBytes.of(ts)
     from tokalign.align import span
-    from tokalign.cli.remap import token_byte_offsets
+    from remap_samples import token_byte_offsets
 
     for text in texts:
         pi = tp.encode(text, add_special_tokens=True).ids
@@ -151,7 +151,7 @@ def test_chunk_gather_matches_by_id(world, min_run_rows, order_kind):
              # runs of store-consecutive samples in shuffled order (runs that cross chunks)
              "store_blocks_shuffled": np.concatenate(rng.permutation(np.array_split(np.arange(len(b)), 5)))}[order_kind]
     plan = np.array_split(order, 7)
-    g = ChunkGather(b, ["input_ids", "topk_ids", "topk_logits"], plan, cache_bytes=20_000, min_run_rows=min_run_rows)
+    g = b.gather(["input_ids", "topk_ids", "topk_logits"], plan, cache_bytes=20_000, min_run_rows=min_run_rows)
     for k, idx in enumerate(plan):
         out, offs = g.gather(k)
         for j, i in enumerate(idx.tolist()):
@@ -161,8 +161,8 @@ def test_chunk_gather_matches_by_id(world, min_run_rows, order_kind):
     assert g._cached_bytes == 0  # nothing is kept once no later batch needs it
 
 
-def test_plan_batches():
-    assert [b.tolist() for b in plan_batches(np.array([5, 5, 20, 1, 1]), 10)] == [[0, 1], [2], [3, 4]]
+def test_token_budget_batches():
+    assert [b.tolist() for b in token_budget_batches(np.array([5, 5, 20, 1, 1]), 10)] == [[0, 1], [2], [3, 4]]
 
 
 def test_append_packed_equals_append(tmp_path, world):
@@ -206,6 +206,28 @@ def test_cli_resumes_and_matches_reference(world, tmp_path, tokenizers_dir, caps
     assert set(report["seconds"]) >= {"read", "align", "kernel", "write"} and report["positions_per_s"] > 0
     _assert_same_store(tmp_path / "ref.zarr", out)
     shutil.rmtree(out)
+
+
+def test_run_stores_takes_opened_objects(world, tmp_path, tokenizers_dir, capsys):
+    """tokalign.remap.run_stores (what the CLI calls) on opened readers, a loaded map and loaded tokenizers writes
+    the store the CLI writes from paths; overwrite=True rewrites a finished store instead of resuming it."""
+    from tokalign.remap import RemapOptions, run_stores
+
+    d = world["dir"]
+    assert main(["remap", "--pivot-store", str(d / "pivot.zarr"), "--source-store", str(d / "source.zarr"), "--map",
+                 str(d / "map"), "--out", str(tmp_path / "cli.zarr"), "--tokenizer-dir", str(tokenizers_dir),
+                 "--json"]) == 0
+    capsys.readouterr()
+    a, b = open_store(str(d / "pivot.zarr")), open_store(str(d / "source.zarr"))
+    options = RemapOptions(pivot_tokenizer=world["tp"], source_tokenizer=world["ts"], progress=False)
+    report = run_stores(a, b, world["map"], tmp_path / "lib.zarr", options)
+    assert report["samples_written"] == len(a) and report["samples_already_done"] == 0
+    _assert_same_store(tmp_path / "cli.zarr", tmp_path / "lib.zarr")
+    again = run_stores(a, b, world["map"], tmp_path / "lib.zarr", dataclasses.replace(options, overwrite=True))
+    assert again["samples_written"] == len(a)
+    _assert_same_store(tmp_path / "cli.zarr", tmp_path / "lib.zarr")
+    with pytest.raises(TokalignError, match="--top-k must be >= 1"):
+        run_stores(a, b, world["map"], tmp_path / "bad.zarr", dataclasses.replace(options, top_k=0))
 
 
 def test_cli_codec_and_float16_logits(world, tmp_path, tokenizers_dir, capsys):
@@ -294,7 +316,7 @@ def _pairs(draw):
 @given(_pairs())
 def test_align_packed_equals_span(case):
     from tokalign.align import span
-    from tokalign.cli.remap import token_byte_offsets
+    from remap_samples import token_byte_offsets
 
     vocab_p, vocab_s, seqs = case
     pb, sb = TokenBytes.from_texts(vocab_p), TokenBytes.from_texts(vocab_s)
@@ -342,5 +364,5 @@ def test_writer_errors_reach_the_caller(world, tmp_path, prefetch):
     assert w.appended == 2
     inner.close()
     done = open_store(str(tmp_path / "w.zarr"))
-    batches = plan_batches(a.lengths, 300)
+    batches = token_budget_batches(a.lengths, 300)
     assert done.sample_ids == [a.sample_ids[i] for i in np.concatenate(batches[:2]).tolist()]

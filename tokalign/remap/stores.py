@@ -6,9 +6,10 @@ Per batch of about ``batch_tokens`` pivot positions:
 
 1. **read** the pivot rows (``input_ids``, ``loss_mask``; the pivot top-k too for ``inside="pivot"``) and
    the joined source rows (``input_ids``, top-k ids / logits, ``logsumexp``). Stores are read chunk by
-   chunk through a cache that knows, from the whole plan, which later batches need each chunk: a chunk
-   is decoded once as long as the source order is close to the pivot order (two dumps sorted by their
-   own token counts are), and any order still works (chunks are then re-read when the cache is full);
+   chunk through a cache (``StoreReader.gather``) that knows, from the whole plan, which later batches need
+   each chunk: a chunk is decoded once as long as the source order is close to the pivot order (two dumps
+   sorted by their own token counts are), and any order still works (chunks are then re-read when the
+   cache is full);
 2. **align** every pair in C++ (``_core.remap_align_batch``, OpenMP over samples): exactly
    :func:`tokalign.align.span` on the texts the two id sequences spell (token bytes, one character per
    byte), including the text diff + DTW for texts that differ (SentencePiece's dummy-prefix space,
@@ -44,11 +45,8 @@ from ..store.schema import ExtraArray
 
 #: pivot positions per batch (align, remap and write work on whole batches)
 BATCH_TOKENS = 1 << 17
-#: decoded chunks kept for later batches (bytes)
+#: decoded chunks kept for later batches (bytes; the pivot reader gets a quarter of it)
 CACHE_BYTES = 512 << 20
-#: a batch is copied run by run (slices) when its runs of store-consecutive rows average at least this many
-#: rows, else row by row (index arrays: a Python loop per run would cost more than it saves)
-MIN_RUN_ROWS = 32
 SOURCE_FIELDS = ("input_ids", "topk_ids", "topk_logits", "logsumexp", "token_ce")
 #: per-position extras the output of :func:`remap_stores` must declare (its provenance); the diagnostic
 #: :data:`REMAP_CE_EXTRA` is optional (``tokalign remap`` declares it)
@@ -110,9 +108,8 @@ def align_packed(pivot_bytes: TokenBytes, pivot_ids: np.ndarray, pivot_offsets: 
 def remapped_token_ce_packed(topk_ids: np.ndarray, topk_logits: np.ndarray, retained_mass: np.ndarray,
                              valid: np.ndarray, input_ids: np.ndarray, offsets: np.ndarray,
                              threads: int = 0) -> np.ndarray:
-    """The ``remap_ce`` diagnostic of concatenated sequences (``offsets`` [S + 1]; one sequence:
-    :func:`tokalign.cli.remap.remapped_token_ce`): -log q(next pivot token) when kept, else
-    -log(max(1 - retained mass, 1e-6)); 0 at each sequence's last position and where invalid. C++
+    """The ``remap_ce`` diagnostic of concatenated sequences (``offsets`` [S + 1]): -log q(next pivot token) when
+    kept, else -log(max(1 - retained mass, 1e-6)); 0 at each sequence's last position and where invalid. C++
     (``_core.remapped_token_ce``, OpenMP over sequences)."""
     from .._core import remapped_token_ce
 
@@ -123,172 +120,6 @@ def remapped_token_ce_packed(topk_ids: np.ndarray, topk_logits: np.ndarray, reta
                                  int(threads))
     except ValueError as exc:
         raise TokalignError(str(exc)) from None
-
-
-# ---- reading whole samples through a chunk cache --------------------------------------------------------
-
-class ChunkGather:
-    """Reads the token rows of given samples of one store, batch after batch, for a plan known in advance.
-
-    ``plan[b]`` holds the global sample indices of batch b (output order). Chunks (``chunk_tokens`` rows
-    of the store) are decoded once and kept while a later batch still needs them; when the decoded
-    chunks exceed ``cache_bytes`` the one needed furthest in the future is dropped first (Belady's rule).
-    """
-
-    def __init__(self, store: Any, fields: Sequence[str], plan: Sequence[np.ndarray], cache_bytes: int = CACHE_BYTES,
-                 min_run_rows: int = MIN_RUN_ROWS):
-        self.store = store
-        self.min_run_rows = int(min_run_rows)
-        self.fields = list(fields)
-        self.chunk = int(store.schema.chunk_tokens)
-        self.cache_bytes = int(cache_bytes)
-        counts = np.asarray([p.num_samples for p in store.parts], np.int64)
-        self._part_starts = np.concatenate([[0], np.cumsum(counts)])
-        self._chunks_per_part = 1 + max([p.num_tokens // self.chunk for p in store.parts] + [0])
-        self._plan: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self._uses: Dict[int, List[int]] = {}
-        for b, idx in enumerate(plan):
-            part, lo, hi = self._ranges(np.asarray(idx, np.int64))
-            keys = self._keys(part, lo, hi)
-            self._plan.append((part, lo, hi, keys))
-            for k in keys.tolist():
-                self._uses.setdefault(k, []).append(b)
-        self._next_use: Dict[int, int] = dict.fromkeys(self._uses, 0)  # index into _uses[key]
-        self._cache: Dict[int, Dict[str, np.ndarray]] = {}
-        self._cached_bytes = 0
-        self.chunks_read = 0
-        self.chunks_reread = 0
-        self._ever: set = set()
-
-    def _ranges(self, idx: np.ndarray):
-        n = len(self._part_starts) - 1
-        if idx.size and (idx.min() < 0 or idx.max() >= self._part_starts[-1]):
-            raise TokalignError("sample index outside the store (%d samples)" % int(self._part_starts[-1]))
-        part = np.searchsorted(self._part_starts, idx, side="right") - 1 if n > 1 else np.zeros(idx.size, np.int64)
-        j = idx - self._part_starts[part]
-        lo = np.empty(idx.size, np.int64)
-        hi = np.empty(idx.size, np.int64)
-        for p in np.unique(part).tolist():
-            sel = part == p
-            offs = self.store.parts[p].offsets
-            lo[sel] = offs[j[sel]]
-            hi[sel] = offs[j[sel] + 1]
-        return part.astype(np.int64), lo, hi
-
-    def _keys(self, part: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        nonempty = hi > lo
-        c0 = lo[nonempty] // self.chunk
-        c1 = (hi[nonempty] - 1) // self.chunk
-        n = c1 - c0 + 1
-        first = np.repeat(part[nonempty] * self._chunks_per_part + c0, n)
-        step = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        return np.unique(first + step)
-
-    def _load(self, keys: Sequence[int]) -> None:
-        """Decodes the missing chunks, one read per run of consecutive chunks."""
-        missing = sorted(k for k in keys if k not in self._cache)
-        runs: List[List[int]] = []
-        for k in missing:
-            if runs and runs[-1][-1] + 1 == k and k // self._chunks_per_part == runs[-1][0] // self._chunks_per_part:
-                runs[-1].append(k)
-            else:
-                runs.append([k])
-        for run in runs:
-            p, c0 = divmod(run[0], self._chunks_per_part)
-            part = self.store.parts[p]
-            lo = c0 * self.chunk
-            hi = min((c0 + len(run)) * self.chunk, part.num_tokens)
-            arrays = self.store.read_tokens(p, lo, hi, self.fields)
-            for i, k in enumerate(run):
-                a, b = i * self.chunk, min((i + 1) * self.chunk, hi - lo)
-                piece = {f: v[a:b] for f, v in arrays.items()}
-                self._cache[k] = piece
-                self._cached_bytes += sum(v.nbytes for v in piece.values())
-                self.chunks_read += 1
-                if k in self._ever:
-                    self.chunks_reread += 1
-                self._ever.add(k)
-
-    def _evict(self, current: int) -> None:
-        for k in [k for k in self._cache if self._next_use[k] >= len(self._uses[k])]:
-            self._drop(k)  # no later batch needs it
-        if self._cached_bytes <= self.cache_bytes:
-            return
-        order = sorted(self._cache, key=lambda k: -self._uses[k][self._next_use[k]])
-        for k in order:
-            if self._cached_bytes <= self.cache_bytes:
-                break
-            self._drop(k)
-
-    def _drop(self, k: int) -> None:
-        piece = self._cache.pop(k)
-        self._cached_bytes -= sum(v.nbytes for v in piece.values())
-
-    @staticmethod
-    def _runs(part: np.ndarray, lo: np.ndarray,
-              hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Consecutive samples whose rows follow on in the store, merged: (first sample, part, lo, hi) per run."""
-        nonempty = np.flatnonzero(hi > lo)
-        part, lo, hi = part[nonempty], lo[nonempty], hi[nonempty]
-        new = np.ones(lo.size, bool)
-        new[1:] = (lo[1:] != hi[:-1]) | (part[1:] != part[:-1])
-        first = np.flatnonzero(new)
-        last = np.r_[first[1:], lo.size] - 1
-        return nonempty[first], part[first], lo[first], hi[last]
-
-    def _copy_runs(self, out: Dict[str, np.ndarray], offsets: np.ndarray, runs) -> None:
-        """Slice copies, one per run and chunk it touches (no index arrays: the cheap path for long runs)."""
-        first, part, lo, hi = runs
-        chunk, per_part = self.chunk, self._chunks_per_part
-        for i, p, a, b in zip(first.tolist(), part.tolist(), lo.tolist(), hi.tolist()):
-            o = int(offsets[i])
-            for c in range(a // chunk, (b - 1) // chunk + 1):
-                piece = self._cache[p * per_part + c]
-                r0, r1 = max(a, c * chunk), min(b, (c + 1) * chunk)
-                for f in self.fields:
-                    out[f][o:o + r1 - r0] = piece[f][r0 - c * chunk:r1 - c * chunk]
-                o += r1 - r0
-
-    def _copy_rows(self, out: Dict[str, np.ndarray], offsets: np.ndarray, part: np.ndarray, lo: np.ndarray,
-                   lengths: np.ndarray, total: int) -> None:
-        """Row-index copies grouped by chunk (vectorised: the path for many short runs)."""
-        rows = np.repeat(lo - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)  # part-local row per output row
-        key = np.repeat(part * self._chunks_per_part, lengths) + rows // self.chunk
-        order = np.argsort(key, kind="stable")
-        ks = key[order]
-        bounds = np.concatenate([[0], np.flatnonzero(ks[1:] != ks[:-1]) + 1, [total]])
-        for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            pos = order[s:e]
-            k = int(ks[s])
-            piece = self._cache[k]
-            local = rows[pos] - (k % self._chunks_per_part) * self.chunk
-            for f in self.fields:
-                out[f][pos] = piece[f][local]
-
-    def gather(self, b: int) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
-        """Concatenated token arrays of batch ``b``'s samples and their offsets [S + 1]."""
-        part, lo, hi, keys = self._plan[b]
-        key_list = keys.tolist()
-        self._load(key_list)
-        lengths = hi - lo
-        offsets = np.zeros(lengths.size + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        total = int(offsets[-1])
-        first = self._cache[key_list[0]] if key_list else None
-        out: Dict[str, np.ndarray] = {}
-        for f in self.fields:
-            tail, dtype = ((first[f].shape[1:], first[f].dtype) if first is not None else ((), np.float32))
-            out[f] = np.empty((total,) + tuple(tail), dtype)
-        if total:
-            runs = self._runs(part, lo, hi)
-            if total >= self.min_run_rows * len(runs[0]):
-                self._copy_runs(out, offsets, runs)
-            else:
-                self._copy_rows(out, offsets, part, lo, lengths, total)
-        for k in key_list:
-            self._next_use[k] += 1
-        self._evict(b)
-        return out, offsets
 
 
 # ---- the store-to-store remap ------------------------------------------------------------------------------
@@ -329,8 +160,9 @@ class RemapTotals:
         return self.positions / self.seconds["total"] if self.seconds["total"] > 0 else 0.0
 
 
-def plan_batches(lengths: np.ndarray, batch_tokens: int) -> List[np.ndarray]:
-    """Consecutive index ranges holding at most ``batch_tokens`` tokens (a longer sample forms its own batch)."""
+def token_budget_batches(lengths: np.ndarray, batch_tokens: int) -> List[np.ndarray]:
+    """Index arrays of consecutive samples holding at most ``batch_tokens`` tokens each (a longer sample forms
+    its own batch)."""
     out: List[np.ndarray] = []
     start, acc = 0, 0
     for i, n in enumerate(np.asarray(lengths, np.int64).tolist()):
@@ -416,10 +248,10 @@ def remap_stores(pivot: Any, source: Any, vocab_map: PreparedMap, writer: Any, s
         return totals
     p_idx = np.fromiter((pivot.index_of(s) for s in ids), np.int64, count=len(ids))
     s_idx = np.fromiter((source.index_of(s) for s in ids), np.int64, count=len(ids))
-    batches = plan_batches(pivot.lengths[p_idx], int(batch_tokens))
+    batches = token_budget_batches(pivot.lengths[p_idx], int(batch_tokens))
     p_fields = ["input_ids", "loss_mask"] + (list(PIVOT_TOPK_FIELDS) if inside == "pivot" else [])
-    p_gather = ChunkGather(pivot, p_fields, [p_idx[b] for b in batches], cache_bytes // 4)
-    s_gather = ChunkGather(source, SOURCE_FIELDS, [s_idx[b] for b in batches], cache_bytes)
+    p_gather = pivot.gather(p_fields, [p_idx[b] for b in batches], cache_bytes=cache_bytes // 4)
+    s_gather = source.gather(SOURCE_FIELDS, [s_idx[b] for b in batches], cache_bytes=cache_bytes)
     sec, cpu = totals.seconds, totals.cpu_seconds
     remap_ce = wants_remap_ce(writer)
 

@@ -9,7 +9,12 @@ Write with :class:`StoreWriter` (``create`` / ``resume`` / ``open``), read with 
             w.append(batch)               # list of sample dicts
     store = open_store("file:///data/openchat.zarr", expect_fingerprint=tok.fingerprint)
     sample = store.by_id("alpaca/0001")   # or store[i]; store.iter_batches(64, max_tokens=16384)
+    report = inspect_store("file:///data/openchat.zarr")   # what `tokalign inspect` prints, as a dict
+
+Modules: schema (attributes, dtypes), validate (a batch checked before it is written), writer, reader,
+gather (whole samples in any order through a chunk cache), inspect; _shards / _zarrio are the I/O below them.
 """
+from .inspect import inspect as inspect_store
 from .reader import StoreReader, open_store, store_status
 from .schema import (
     ExtraArray,
@@ -26,6 +31,7 @@ __all__ = [
     "StoreWriter",
     "bf16_bits_to_float32",
     "float32_to_bf16_bits",
+    "inspect_store",
     "open_store",
     "open_writer",
     "store_status",

@@ -16,6 +16,7 @@ import zarr
 
 from ..errors import TokalignError
 from . import _shards, _zarrio
+from .gather import CACHE_BYTES, MIN_RUN_ROWS, ChunkGather
 from .schema import PART_RE, StoreSchema, bf16_bits_to_float32, part_name
 
 OUTPUTS = ("numpy", "torch")
@@ -335,6 +336,14 @@ class StoreReader:
                 raw = raw.astype(np.int32)
             out[name] = raw
         return out
+
+    def gather(self, fields: Sequence[str], plan: Sequence[np.ndarray], *, cache_bytes: int = CACHE_BYTES,
+               min_run_rows: int = MIN_RUN_ROWS) -> ChunkGather:
+        """A reader of whole samples in any order, batch after batch: ``plan[b]`` holds the global sample indices
+        of batch b; ``.gather(b)`` returns the concatenated ``fields`` of its samples and their offsets [S + 1].
+        Each chunk is decoded once while a later batch of the plan needs it (up to ``cache_bytes`` of decoded
+        chunks; see :class:`tokalign.store.gather.ChunkGather`)."""
+        return ChunkGather(self, fields, plan, cache_bytes, min_run_rows)
 
     def close(self) -> None:
         """Stop the decode threads (also done when the reader is garbage-collected)."""

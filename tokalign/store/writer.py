@@ -5,6 +5,12 @@ part attribute ``committed = {"samples": S, "tokens": T, ...}``. Step (2) is the
 leaves at most rows beyond the committed counts, which :meth:`StoreWriter.resume` cuts off before appending
 again. Every object is replaced atomically by the store (temp file + rename locally, whole-object PUT on object
 stores), so rows that were committed before a kill are never torn.
+
+What a batch must hold, and the checks it passes before anything is buffered, are in
+:mod:`tokalign.store.validate`; this module holds the part's lifecycle (create / resume / close), buffering,
+shard writes and commits. It stays one ~500-line class on purpose: buffering, shard writes, commits and the
+resume cut all move the same counters (written rows, committed samples and tokens), and that invariant is
+easiest to check in one place.
 """
 from __future__ import annotations
 
@@ -20,61 +26,14 @@ import numpy as np
 
 from ..errors import TokalignError
 from . import _shards, _zarrio
-from .schema import (
-    CHECKED_FLOAT_ARRAYS,
-    PART_RE,
-    StoreSchema,
-    bf16_bits_nonfinite,
-    describe_difference,
-    float32_to_bf16_bits,
-    part_name,
-)
+from .schema import PART_RE, StoreSchema, describe_difference, part_name
+from .validate import PackedBatch, check_batch, pack_arrays, pack_samples
 
-# keys a sample dict may carry besides the token arrays; reader-only fields are accepted and ignored
-_READER_ONLY = ("valid", "nonfinite", "index", "part")
 _POLICIES = ("error", "skip")
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """numpy view of numpy/torch/list input; torch bfloat16 comes back as float32 (exact)."""
-    if _is_torch(x):
-        import torch
-
-        x = x.detach().cpu()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
-
-
-def _logits_to_stored(x: Any, logits_dtype: str) -> np.ndarray:
-    """Convert top-k logits to the stored representation (bf16 -> raw uint16 patterns)."""
-    if _is_torch(x):
-        import torch
-
-        t = x.detach().cpu()
-        if logits_dtype == "bfloat16":
-            if t.dtype != torch.bfloat16:
-                t = t.float().to(torch.bfloat16)  # torch rounds to nearest even, like float32_to_bf16_bits
-            return t.contiguous().view(torch.int16).numpy().view(np.uint16)
-        return t.float().numpy().astype(logits_dtype)
-    a = np.asarray(x)
-    if a.dtype.name == "bfloat16":  # ml_dtypes arrays: already bf16 bit patterns
-        a = a.view(np.uint16)
-        return a if logits_dtype == "bfloat16" else (a.astype(np.uint32) << 16).view(np.float32).astype(logits_dtype)
-    if a.dtype.kind != "f":
-        raise TokalignError("topk_logits must be floating point, got dtype %s" % a.dtype)
-    if logits_dtype == "bfloat16":
-        return float32_to_bf16_bits(a.astype(np.float32, copy=False))
-    return a.astype(logits_dtype, copy=False)
 
 
 class StoreWriter:
@@ -284,72 +243,7 @@ class StoreWriter:
         samples = list(samples)
         if not samples:
             return 0
-        packed = self._pack(samples)
-        return self._append_packed(packed)
-
-    def _pack(self, samples: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-        k = int(self.schema.k)
-        known = set(self._token_specs) | {"sample_id", "seq_ce"} | set(_READER_ONLY)
-        cols: Dict[str, List[np.ndarray]] = {name: [] for name in self._token_specs}
-        ids: List[str] = []
-        seq_ce: List[float] = []
-        lengths: List[int] = []
-        for i, s in enumerate(samples):
-            if not isinstance(s, Mapping):
-                raise TokalignError("sample %d of the batch is a %s, not a dict" % (i, type(s).__name__))
-            sid = s.get("sample_id")
-            if isinstance(sid, (np.integer, int)) and not isinstance(sid, bool):
-                sid = str(int(sid))
-            if not isinstance(sid, str) or not sid:
-                raise TokalignError("sample %d of the batch: sample_id must be a non-empty str, got %r" % (i, sid))
-            where = "sample %r" % sid
-            unknown = set(s) - known
-            if unknown:
-                raise TokalignError("%s: unknown field(s) %s" % (where, ", ".join(sorted(unknown))))
-            input_ids = _to_numpy(self._require(s, "input_ids", where))
-            if input_ids.ndim != 1 or (input_ids.size and input_ids.dtype.kind not in "iu"):
-                raise TokalignError("%s: input_ids must be a 1-D integer array, got shape %s dtype %s"
-                                    % (where, input_ids.shape, input_ids.dtype))
-            n = int(input_ids.shape[0])
-            row: Dict[str, np.ndarray] = {"input_ids": input_ids}
-            for name, (dtype, tail) in self._token_specs.items():
-                if name == "input_ids":
-                    continue
-                if name == "logsumexp" and self.schema.kind == "remapped" and s.get(name) is None:
-                    row[name] = np.zeros(n, dtype=np.float32)
-                    continue
-                value = self._require(s, name, where)
-                arr = _logits_to_stored(value, self.schema.logits_dtype) if name == "topk_logits" else _to_numpy(value)
-                want = (n,) + tuple(tail)
-                if arr.shape != want:
-                    if name in ("topk_ids", "topk_logits") and arr.ndim == 2 and arr.shape[0] == n:
-                        raise TokalignError("%s: %s has K=%d per position, the store has k=%d"
-                                            % (where, name, arr.shape[1], k))
-                    raise TokalignError("%s: %s has shape %s, expected %s" % (where, name, arr.shape, want))
-                target = np.dtype(dtype)
-                if name != "topk_logits" and arr.size:
-                    if target.kind in "iu" and name != "topk_ids" and arr.dtype.kind in "iu":
-                        info = np.iinfo(target)  # extras: refuse values the declared dtype would wrap
-                        if arr.min() < info.min or arr.max() > info.max:
-                            raise TokalignError("%s: %s holds values outside %s" % (where, name, target.name))
-                    if target.kind in "iub" and arr.dtype.kind not in "iub":
-                        raise TokalignError("%s: %s must be integer/boolean, got dtype %s" % (where, name, arr.dtype))
-                    if target.kind == "f" and arr.dtype.kind not in "iuf":
-                        raise TokalignError("%s: %s must be numeric, got dtype %s" % (where, name, arr.dtype))
-                row[name] = arr
-            for name in self._token_specs:
-                cols[name].append(row[name])
-            ce = s.get("seq_ce")
-            seq_ce.append(float("nan") if ce is None else float(_to_numpy(ce)))
-            ids.append(sid)
-            lengths.append(n)
-        packed: Dict[str, Any] = {"sample_id": ids, "lengths": np.asarray(lengths, dtype=np.int64),
-                                  "seq_ce_given": np.asarray([s.get("seq_ce") is not None for s in samples]),
-                                  "seq_ce": np.asarray(seq_ce, dtype=np.float32)}
-        for name, (dtype, tail) in self._token_specs.items():
-            parts = cols[name]
-            packed[name] = np.concatenate(parts) if parts else np.zeros((0,) + tuple(tail), dtype=dtype)
-        return packed
+        return self._buffer_batch(check_batch(self.schema, pack_samples(self.schema, samples)))
 
     def append_packed(self, sample_ids: Sequence[Any], lengths: Any, arrays: Mapping[str, Any],
                       seq_ce: Optional[Any] = None) -> int:
@@ -363,127 +257,15 @@ class StoreWriter:
         already have the stored dtype: do not modify them after the call.
         """
         self._check_open()
-        ids: List[str] = []
-        for i, sid in enumerate(sample_ids):
-            if isinstance(sid, (np.integer, int)) and not isinstance(sid, bool):
-                sid = str(int(sid))
-            if not isinstance(sid, str) or not sid:
-                raise TokalignError("sample %d of the batch: sample_id must be a non-empty str, got %r" % (i, sid))
-            ids.append(sid)
-        if not ids:
+        batch = pack_arrays(self.schema, sample_ids, lengths, arrays, seq_ce)
+        if batch is None:
             return 0
-        lengths = np.asarray(lengths)
-        if lengths.shape != (len(ids),) or (lengths.size and (lengths.dtype.kind not in "iu" or lengths.min() < 0)):
-            raise TokalignError("lengths must be %d non-negative integers, got shape %s dtype %s"
-                                % (len(ids), lengths.shape, lengths.dtype))
-        lengths = lengths.astype(np.int64)
-        total = int(lengths.sum())
-        unknown = set(arrays) - set(self._token_specs)
-        if unknown:
-            raise TokalignError("packed batch: unknown field(s) %s" % ", ".join(sorted(unknown)))
-        packed: Dict[str, Any] = {"sample_id": ids, "lengths": lengths}
-        for name, (dtype, tail) in self._token_specs.items():
-            if name == "logsumexp" and self.schema.kind == "remapped" and arrays.get(name) is None:
-                packed[name] = np.zeros(total, dtype=np.float32)
-                continue
-            if arrays.get(name) is None:
-                raise TokalignError("packed batch: field %s is missing" % name)
-            value = arrays[name]
-            arr = _logits_to_stored(value, self.schema.logits_dtype) if name == "topk_logits" else _to_numpy(value)
-            want = (total,) + tuple(tail)
-            if arr.shape != want:
-                if name in ("topk_ids", "topk_logits") and arr.ndim == 2 and arr.shape[0] == total:
-                    raise TokalignError("packed batch: %s has K=%d per position, the store has k=%d"
-                                        % (name, arr.shape[1], int(self.schema.k)))
-                raise TokalignError("packed batch: %s has shape %s, expected %s" % (name, arr.shape, want))
-            target = np.dtype(dtype)
-            if name != "topk_logits" and arr.size:
-                if name == "input_ids" and arr.dtype.kind not in "iu":
-                    raise TokalignError("packed batch: input_ids must be integers, got dtype %s" % arr.dtype)
-                if target.kind in "iu" and name != "topk_ids" and arr.dtype.kind in "iu":
-                    info = np.iinfo(target)  # extras: refuse values the declared dtype would wrap
-                    if arr.min() < info.min or arr.max() > info.max:
-                        raise TokalignError("packed batch: %s holds values outside %s" % (name, target.name))
-                if target.kind in "iub" and arr.dtype.kind not in "iub":
-                    raise TokalignError("packed batch: %s must be integer/boolean, got dtype %s" % (name, arr.dtype))
-                if target.kind == "f" and arr.dtype.kind not in "iuf":
-                    raise TokalignError("packed batch: %s must be numeric, got dtype %s" % (name, arr.dtype))
-            packed[name] = arr
-        if seq_ce is None:
-            packed["seq_ce_given"] = np.zeros(len(ids), dtype=bool)
-            packed["seq_ce"] = np.full(len(ids), np.nan, dtype=np.float32)
-        else:
-            ce = np.asarray(_to_numpy(seq_ce), dtype=np.float32)
-            if ce.shape != (len(ids),):
-                raise TokalignError("packed batch: seq_ce has shape %s, expected (%d,)" % (ce.shape, len(ids)))
-            packed["seq_ce_given"] = np.ones(len(ids), dtype=bool)
-            packed["seq_ce"] = ce
-        return self._append_packed(packed)
+        return self._buffer_batch(check_batch(self.schema, batch))
 
-    @staticmethod
-    def _require(s: Mapping[str, Any], name: str, where: str) -> Any:
-        if s.get(name) is None:
-            raise TokalignError("%s: field %s is missing" % (where, name))
-        return s[name]
-
-    def _append_packed(self, p: Dict[str, Any]) -> int:
-        schema = self.schema
-        lengths = p["lengths"]
-        ids = p["sample_id"]
-        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        total = int(starts[-1])
-
-        def sample_at(token_index: int) -> str:
-            return ids[int(np.searchsorted(starts, token_index, side="right") - 1)]
-
-        # -- value checks on the whole batch first: nothing is buffered if one sample is bad
-        vocab = int(schema.vocab_size)
-        inp = p["input_ids"]
-        if inp.size and (inp.min() < 0 or inp.max() >= vocab):
-            bad = int(np.flatnonzero((inp < 0) | (inp >= vocab))[0])
-            raise TokalignError("sample %r: input_ids holds %d, outside [0, vocab_size=%d)"
-                                % (sample_at(bad), int(inp[bad]), vocab))
-        tid = p["topk_ids"]
-        if tid.size and (tid.min() < -1 or tid.max() >= vocab):
-            bad = int(np.flatnonzero(((tid < -1) | (tid >= vocab)).any(axis=1))[0])
-            first = int(starts[np.searchsorted(starts, bad, side="right") - 1])
-            raise TokalignError("sample %r: topk_ids holds an id outside [-1, vocab_size=%d) at position %d"
-                                % (sample_at(bad), vocab, bad - first))
-        mask = p["loss_mask"]
-        if mask.dtype != np.bool_:
-            if mask.size and not np.isin(mask, (0, 1)).all():
-                raise TokalignError("sample %r: loss_mask must be boolean (0/1)" % sample_at(int(np.flatnonzero(~np.isin(mask, (0, 1)))[0])))
-            p["loss_mask"] = mask.astype(np.bool_)
-
-        # -- per-token non-finite counts (topk_logits only at valid slots) -> per sample
-        bad_tok = np.zeros(total, dtype=np.int64)
-        for name, (dtype, tail) in self._token_specs.items():
-            arr = p[name]
-            if name == "topk_logits":
-                nf = bf16_bits_nonfinite(arr) if schema.logits_dtype == "bfloat16" else ~np.isfinite(arr)
-                nf &= p["topk_ids"] >= 0
-                if nf.any():  # the per-row count is the costly part, and nearly always all zeros
-                    bad_tok += nf.sum(axis=1)
-            elif name in CHECKED_FLOAT_ARRAYS or np.dtype(dtype).kind == "f":
-                nf = ~np.isfinite(arr.astype(dtype, copy=False))
-                bad_tok += nf.reshape(total, -1).sum(axis=1) if nf.ndim > 1 else nf
-        csum = np.concatenate([[0], np.cumsum(bad_tok)])
-        nonfinite = (csum[starts[1:]] - csum[starts[:-1]]).astype(np.int32)
-
-        # -- seq_ce = mean token_ce over positions whose next token is in the loss mask
-        target = np.zeros(total, dtype=bool)
-        if total > 1:
-            target[:-1] = p["loss_mask"][1:]
-        ends = starts[1:][lengths > 0] - 1
-        target[ends] = False
-        ce = np.where(target, p["token_ce"].astype(np.float64), 0.0)
-        ce_sum = np.concatenate([[0.0], np.cumsum(ce)])
-        cnt = np.concatenate([[0], np.cumsum(target)])
-        n_target = cnt[starts[1:]] - cnt[starts[:-1]]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            computed = ((ce_sum[starts[1:]] - ce_sum[starts[:-1]]) / n_target).astype(np.float32)
-        seq_ce = np.where(p["seq_ce_given"], p["seq_ce"], computed).astype(np.float32)
-        nonfinite += (p["seq_ce_given"] & ~np.isfinite(p["seq_ce"])).astype(np.int32)
+    def _buffer_batch(self, batch: PackedBatch) -> int:
+        """Buffers a checked batch (minus duplicates and empty samples, by policy); flushes when due."""
+        p = batch.arrays
+        ids, lengths, seq_ce, nonfinite = batch.sample_ids, batch.lengths, batch.seq_ce, batch.nonfinite
 
         # -- duplicates and empty sequences: error or counted skip (counted only once nothing can raise)
         dup = np.zeros(len(ids), dtype=bool)
