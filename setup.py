@@ -1,7 +1,7 @@
 """Build the native core of tokalign.
 
-* ``tokalign._core``: C++17 + pybind11, every ``csrc/*.cpp`` file, -O3, OpenMP when
-  the compiler accepts ``-fopenmp``.
+* ``tokalign._core``: C++17 + pybind11, every ``csrc/*.cpp`` file (kernels, ``bind_<stage>.cpp``
+  bindings, ``module.cpp``), -O3, OpenMP when the compiler accepts ``-fopenmp``.
 * ``tokalign._cuda``: built by the CUDA section below when ``nvcc`` is found
   (``TOKALIGN_CUDA=0`` forces it off, ``TOKALIGN_CUDA=1`` makes a missing nvcc an error).
 
@@ -16,13 +16,24 @@ import subprocess
 import sys
 import tempfile
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 try:
     from pybind11.setup_helpers import Pybind11Extension
-except ImportError:  # pragma: no cover - pip installs pybind11 from build-system.requires
-    sys.exit("tokalign: building needs pybind11 (pip install pybind11), normally installed by pip itself.")
+except ImportError:  # pip installs pybind11 from build-system.requires; without it only building fails
+    Pybind11Extension = None
+NO_PYBIND11 = "tokalign: building needs pybind11 (pip install pybind11), normally installed by pip itself."
+
+
+def _extension(name, sources, **kwargs):
+    """A pybind11 extension; without pybind11 a plain placeholder, so that commands that build
+    nothing (``setup.py --name``, metadata) still work and BuildExt fails with NO_PYBIND11."""
+    if Pybind11Extension is not None:
+        return Pybind11Extension(name, sources, **kwargs)
+    kwargs.pop("cxx_std", None)
+    return Extension(name, sources, **kwargs)
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,6 +60,8 @@ class BuildExt(build_ext):
         return super().build_extension(ext)
 
     def build_extensions(self):
+        if Pybind11Extension is None:
+            raise SystemExit(NO_PYBIND11)
         cxx = self.compiler.compiler_cxx[0] if getattr(self.compiler, "compiler_cxx", None) else "c++"
         if shutil.which(cxx) is None and shutil.which("c++") is None and shutil.which("g++") is None:
             raise SystemExit(
@@ -68,24 +81,29 @@ class BuildExt(build_ext):
             raise SystemExit("tokalign: building the native core failed: %s" % exc) from exc
 
 
+# a changed header rebuilds the extensions that include it
+HEADERS = sorted(glob.glob(os.path.join("csrc", "*.h")) + glob.glob(os.path.join("csrc", "include", "tokalign", "*.h")))
+
 cxx_args = ["-O3", "-std=c++17", "-fvisibility=hidden"]
 if os.environ.get("TOKALIGN_NATIVE") == "1":
     cxx_args.append("-march=native")
 
 ext_modules = [
-    Pybind11Extension(
+    _extension(
         "tokalign._core",
         sorted(glob.glob(os.path.join("csrc", "*.cpp"))),
         include_dirs=[os.path.join("csrc", "include")],
         cxx_std=17,
         extra_compile_args=cxx_args,
+        depends=HEADERS,
     )
 ]
 
 
 # ---- CUDA section: tokalign._cuda -------------------------------------------------------------
-# The .cu files under csrc/cuda are compiled by nvcc into objects that the pybind11 unit
-# (csrc/cuda/bind_cuda.cpp, ordinary C++ compiler) links with the static CUDA runtime, so the
+# The .cu files under csrc/cuda are compiled by nvcc into objects that the C++ units (host code
+# csrc/cuda/*_host.cpp and the bindings csrc/cuda/bind_cuda.cpp, which includes csrc/bindings.h;
+# ordinary C++ compiler) link with the static CUDA runtime, so the
 # module loads without the toolkit's shared libraries. TOKALIGN_CUDA=0 skips it; TOKALIGN_CUDA=1
 # makes a missing nvcc or a failed CUDA build an error; otherwise (auto) it is built when nvcc is
 # found and skipped with a warning when that build fails.
@@ -185,15 +203,15 @@ def _cuda_extension():
             sys.exit("tokalign: TOKALIGN_CUDA=1 but " + msg)
         print("tokalign: WARNING: skipping tokalign._cuda: " + msg)
         return None
-    ext = Pybind11Extension(
+    ext = _extension(
         "tokalign._cuda",
-        [os.path.join("csrc", "cuda", "bind_cuda.cpp")],
-        include_dirs=[os.path.join("csrc", "include"), os.path.join("csrc", "cuda")],
+        sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp"))),
+        include_dirs=["csrc", os.path.join("csrc", "include"), os.path.join("csrc", "cuda")],
         cxx_std=17,
         extra_compile_args=list(cxx_args),
         library_dirs=[libdir],
         libraries=["cudart_static", "rt", "pthread", "dl"],
-        depends=sorted(glob.glob(os.path.join("csrc", "cuda", "*"))),
+        depends=HEADERS + sorted(glob.glob(os.path.join("csrc", "cuda", "*"))),
     )
     ext._tokalign_cuda = True
     ext._tokalign_nvcc = nvcc

@@ -20,10 +20,7 @@ namespace py = pybind11;
 namespace tokalign {
 namespace {
 
-using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-using OffArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
-using MaskArray = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
-using CpArray = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>;
+using CpArray = Arr<uint32_t>;  // code points
 
 // Appends a Python str (None = empty) as code points; reads the str's own storage, so strings
 // with lone surrogates work and lengths are exactly Python's len().
@@ -52,13 +49,6 @@ TokenTable make_table(const py::sequence& tokens) {
         add_pystr(t, item.ptr(), k, buf);
     }
     return t;
-}
-
-template <class T, class A>
-py::array_t<T> to_array(const std::vector<T, A>& v) {
-    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
-    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
-    return a;
 }
 
 // Hands the vector's buffer to numpy without copying (a capsule owns it).

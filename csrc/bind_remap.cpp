@@ -18,9 +18,6 @@ namespace py = pybind11;
 namespace tokalign {
 namespace {
 
-template <typename T>
-using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
 py::dict remap_topk(Arr<int64_t> groups, Arr<int64_t> group_offsets, Arr<int32_t> source_ids,
                     Arr<float> source_logits, Arr<float> source_lse, Arr<int64_t> source_offsets,
                     Arr<int64_t> map_indptr, Arr<int32_t> map_indices, Arr<float> map_data, int64_t pivot_vocab,

@@ -16,17 +16,6 @@ namespace tokalign {
 
 namespace {
 
-std::vector<std::string> to_strings(const py::sequence& seq, const char* what) {
-    std::vector<std::string> out;
-    out.reserve(size_t(py::len(seq)));
-    for (const py::handle& item : seq) {
-        if (!py::isinstance<py::bytes>(item))
-            throw py::type_error(std::string(what) + ": expected a sequence of bytes");
-        out.emplace_back(item.cast<std::string>());
-    }
-    return out;
-}
-
 std::vector<uint32_t> units_of(const std::string& s) {
     std::vector<uint32_t> u;
     lev::decode_units(reinterpret_cast<const uint8_t*>(s.data()), s.size(), u);
@@ -54,8 +43,8 @@ void bind_vocab(py::module_& m) {
 
     m.def(
         "levenshtein_pairs",
-        [](const py::sequence& texts_a, const py::sequence& texts_b, py::array_t<int64_t, py::array::c_style | py::array::forcecast> ia,
-           py::array_t<int64_t, py::array::c_style | py::array::forcecast> ib, int threads) {
+        [](const py::sequence& texts_a, const py::sequence& texts_b, Arr<int64_t> ia,
+           Arr<int64_t> ib, int threads) {
             if (ia.ndim() != 1 || ib.ndim() != 1 || ia.shape(0) != ib.shape(0))
                 throw std::invalid_argument("levenshtein_pairs: ia and ib must be 1-d and of equal length");
             const std::vector<std::string> sa = to_strings(texts_a, "levenshtein_pairs texts_a");
@@ -85,8 +74,8 @@ void bind_vocab(py::module_& m) {
                                   "All-pairs minimum edit distance against a fixed pivot vocabulary (bucketed by length,\n"
                                   "signature filter, bit-parallel Levenshtein). Result key: (distance, |len difference|,\n"
                                   "rank, pivot id), smaller first; an exact text match short-circuits.")
-        .def(py::init([](const py::sequence& pivot_texts, py::array_t<bool, py::array::c_style | py::array::forcecast> candidate,
-                         py::array_t<int64_t, py::array::c_style | py::array::forcecast> rank) {
+        .def(py::init([](const py::sequence& pivot_texts, Arr<bool> candidate,
+                         Arr<int64_t> rank) {
                  std::vector<std::string> texts = to_strings(pivot_texts, "MinEDIndex pivot_texts");
                  if (candidate.ndim() != 1 || rank.ndim() != 1 || size_t(candidate.shape(0)) != texts.size() ||
                      size_t(rank.shape(0)) != texts.size())
@@ -107,7 +96,7 @@ void bind_vocab(py::module_& m) {
                 const int64_t count = int64_t(texts.size());
                 std::vector<uint8_t> mask;
                 if (!query.is_none()) {
-                    auto q = py::array_t<bool, py::array::c_style | py::array::forcecast>::ensure(query);
+                    auto q = Arr<bool>::ensure(query);
                     if (!q || q.ndim() != 1 || q.shape(0) != count)
                         throw std::invalid_argument("MinEDIndex.query: query must be a bool array, one entry per text");
                     mask.resize(size_t(count));

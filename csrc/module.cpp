@@ -1,3 +1,4 @@
+// tokalign._core: one module, registered stage by stage (in pipeline order) by the bind_<stage>.cpp units.
 #include "bindings.h"
 
 #ifdef _OPENMP
@@ -13,6 +14,7 @@ PYBIND11_MODULE(_core, m) {
     m.attr("openmp") = false;
     m.def("max_threads", []() { return 1; }, "OpenMP threads available.");
 #endif
+    tokalign::bind_tokenize(m);
     tokalign::bind_align(m);
     tokalign::bind_vocab(m);
     tokalign::bind_stats(m);

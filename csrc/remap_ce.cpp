@@ -21,9 +21,6 @@ namespace py = pybind11;
 namespace tokalign {
 namespace {
 
-template <typename T>
-using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
 // What is wrong with sequence k's groups, 0 when nothing: checked in this order for every sequence, and the
 // caller reports the first problem kind over all sequences (negative lengths first, as the numpy version did).
 enum GroupError : int { GROUPS_OK = 0, GROUP_NEGATIVE = 1, GROUP_COVERAGE = 2, GROUP_OUTSIDE = 3 };

@@ -169,6 +169,20 @@ def test_setup_cuda_switches():
         assert ok.returncode == 0 and ok.stdout.strip() == "tokalign", ok.stderr
 
 
+def test_setup_needs_pybind11_only_to_build(tmp_path):
+    """Without pybind11 (a fresh venv: pip installs it only into its isolated build environment)
+    setup.py still configures; building stops with the one-line reason."""
+    shadow = tmp_path / "shadow" / "pybind11"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('pybind11 hidden by the test')\n")
+    env = {"PYTHONPATH": str(tmp_path / "shadow"), "TOKALIGN_CUDA": "0"}
+    ok = _setup_py(env, "--name")
+    assert ok.returncode == 0 and ok.stdout.strip() == "tokalign", ok.stderr
+    build = _setup_py(env, "build_ext", "--build-lib", str(tmp_path / "lib"), "--build-temp", str(tmp_path / "tmp"))
+    assert build.returncode != 0 and "building needs pybind11" in build.stderr
+    assert not (tmp_path / "lib").exists()
+
+
 def test_shared_headers_compile_as_plain_cpp(tmp_path):
     """The TA_HD headers the kernels include (dtw.h, levenshtein*.h and the csrc/cuda step headers)
     compile with the ordinary C++ compiler, i.e. without CUDA."""
@@ -177,7 +191,7 @@ def test_shared_headers_compile_as_plain_cpp(tmp_path):
         pytest.skip("no C++ compiler")
     src = tmp_path / "headers.cpp"
     src.write_text("\n".join('#include "%s"' % h for h in (
-        "tokalign/dtw.h", "tokalign/levenshtein.h", "tokalign/levenshtein_small.h", "dtw_band.h",
+        "tokalign/dtw.h", "tokalign/levenshtein.h", "tokalign/levenshtein_small.h", "dtw_diagonals.h",
         "dtw_wavefront.h", "mined_scan.h")) + "\nint main() { return 0; }\n")
     proc = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-I", str(ROOT / "csrc/include"), "-I",
                            str(ROOT / "csrc/cuda"), str(src)], capture_output=True, text=True, timeout=120)

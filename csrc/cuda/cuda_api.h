@@ -1,9 +1,9 @@
 // Host-side interface of the CUDA kernels (tokalign._cuda).
 //
-// Plain C++: no CUDA types, so the pybind11 unit (bind_cuda.cpp) is compiled by the ordinary C++
-// compiler and only the .cu files go through nvcc. Every function here manages its own device
-// memory (cudaMalloc / cudaFree, no managed memory), takes and fills host arrays, and reports
-// CUDA failures by throwing std::runtime_error with the CUDA error string.
+// Plain C++: no CUDA types, so the host code (*_host.cpp) and the bindings (bind_cuda.cpp) are
+// compiled by the ordinary C++ compiler and only the .cu files go through nvcc. Every function
+// here manages its own device memory (cudaMalloc / cudaFree, no managed memory), takes and fills
+// host arrays, and reports CUDA failures by throwing std::runtime_error with the CUDA error string.
 #pragma once
 
 #include <cstdint>

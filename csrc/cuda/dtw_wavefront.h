@@ -1,5 +1,5 @@
 // The per-cell and traceback steps of the GPU DTW (dtw.cu), written once as TA_HD functions so
-// that the host emulation in bind_cuda.cpp (`dtw_batch(..., emulate=True)`, run by the tests on
+// that the host emulation in dtw_host.cpp (`dtw_batch(..., emulate=True)`, run by the tests on
 // every machine) executes exactly the code the kernel runs, on the same anti-diagonal layout.
 #pragma once
 

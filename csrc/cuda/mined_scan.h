@@ -1,5 +1,5 @@
 // The per-candidate step of the GPU MinED search (mined.cu), written once as TA_HD functions so
-// the host emulation in bind_cuda.cpp (`mined_search(..., emulate=True)`, run by the tests on
+// the host emulation in mined_host.cpp (`mined_search(..., emulate=True)`, run by the tests on
 // every machine) executes exactly the code the kernel runs.
 #pragma once
 

@@ -1,5 +1,5 @@
 // Exact character offsets of tokens from their canonical byte texts (see tokalign/tokenize/canonical.py).
-// Pure C++ (no Python): the binding glue lives in stats_count.cpp (bind_stats).
+// Pure C++ (no Python): the binding glue lives in bind_tokenize.cpp.
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -1,6 +1,6 @@
-// The DTW band of the CPU path (tokalign/dtw_band.h, the same code) and its anti-diagonal layout
+// The DTW band of the CPU path (tokalign/dtw_band.h, the same code) laid out by anti-diagonal
 // for the GPU kernel. tests/test_cuda.py compares GPU and CPU on real pairs when a device is
-// present, and test_band_layout_matches_cpu_rows checks the layout against the CPU on every machine.
+// present, and its host-emulation tests check the layout against the CPU wherever tokalign._cuda is built.
 #pragma once
 
 #include <algorithm>
