@@ -55,7 +55,7 @@ def main() -> int:
     from fusion_train.testing import tiny_llama
     from tokalign import load_tokenizer
     from tokalign.corpus import Corpus
-    from tokalign.dump import dump_logits, forward_batch, length_order, plan_batches, prepare_samples
+    from tokalign.dump import DumpOptions, batch_ranges, dump_logits, forward_batch, length_order, prepare_samples
     from tokalign.paths import shared_corpora, shared_tokenizers
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,7 +105,7 @@ def main() -> int:
         t_naive = min(t_naive, time.perf_counter() - t)
 
         t = time.perf_counter()
-        for lo, hi in plan_batches([len(s) for s in ordered], args.batch_tokens):
+        for lo, hi in batch_ranges([len(s) for s in ordered], args.batch_tokens):
             forward_batch(model, ordered[lo:hi], device=device, k=args.top_k, vocab_size=tok.vocab_size,
                           id_limit=tok.vocab_size)
         if device.type == "cuda":
@@ -113,8 +113,9 @@ def main() -> int:
         t_fast = min(t_fast, time.perf_counter() - t)
 
         t = time.perf_counter()
-        summary = dump_logits(model, tok, data, out, top_k=args.top_k, max_length=args.max_length,
-                              batch_tokens=args.batch_tokens, progress=False, overwrite=True)
+        summary = dump_logits(model, tok, data, out, DumpOptions(top_k=args.top_k, max_length=args.max_length,
+                                                                 batch_tokens=args.batch_tokens, progress=False,
+                                                                 overwrite=True))
         t_e2e = min(t_e2e, time.perf_counter() - t)
     fast_bytes = n_tokens * (args.top_k * (4 + 4) + 4 + 4)
 

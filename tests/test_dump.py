@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,11 @@ from tokalign import load_tokenizer  # noqa: E402
 from tokalign.cli import main as cli_main  # noqa: E402
 from tokalign.corpus import Corpus  # noqa: E402
 from tokalign.dump import (  # noqa: E402
+    DumpOptions,
     assistant_token_mask,
+    batch_ranges,
     dump_logits,
     length_order,
-    plan_batches,
     prepare_samples,
     topk_statistics,
 )
@@ -134,9 +136,9 @@ def test_store_matches_full_logits_reference(case, request, work, corpus_file):
     model_dir = request.getfixturevalue("openchat_model" if case.startswith("openchat") else "internlm2_model")
     chat = "chat" in case
     out = work / ("ref-%s.zarr" % case)
-    summary = dump_logits(str(model_dir), None, corpus_file, out, top_k=8, template="chat" if chat else "plain",
-                          mask_instruction="mask" in case, dtype="fp32", batch_tokens=700, progress=False,
-                          overwrite=True)
+    summary = dump_logits(str(model_dir), None, corpus_file, out,
+                          DumpOptions(top_k=8, template="chat" if chat else "plain", mask_instruction="mask" in case,
+                                      dtype="fp32", batch_tokens=700, progress=False, overwrite=True))
     assert summary.samples_written == 20 and summary.complete and summary.invalid_samples == 0
     assert summary.batches < 20  # several samples per padded batch
     tok = load_tokenizer(str(model_dir))
@@ -163,8 +165,9 @@ def test_bf16_model_within_bf16_rounding(work, corpus_file, openchat_model):
     """--dtype bf16: the stored top-K logits are the bf16 logits; compared with the fp32 reference they differ by
     bf16 rounding of the whole forward pass, not more."""
     out = work / "bf16.zarr"
-    summary = dump_logits(str(openchat_model), None, corpus_file, out, top_k=4, dtype="bf16", batch_tokens=2048,
-                          max_length=96, progress=False, overwrite=True)
+    summary = dump_logits(str(openchat_model), None, corpus_file, out,
+                          DumpOptions(top_k=4, dtype="bf16", batch_tokens=2048, max_length=96, progress=False,
+                                      overwrite=True))
     assert summary.dtype == "bfloat16"
     samples, store = _store_by_id(out)
     assert store.schema.options["dtype"] == "bfloat16"
@@ -185,12 +188,12 @@ def test_bf16_model_within_bf16_rounding(work, corpus_file, openchat_model):
 # ------------------------------------------------------------------------------------------ multi-rank
 def test_two_ranks_union_equals_single_rank(work, corpus_file, openchat_model):
     single, multi = work / "single.zarr", work / "multi.zarr"
-    kw = dict(top_k=5, template="chat", mask_instruction=True, dtype="fp32", batch_tokens=1, progress=False,
-              overwrite=True)
-    dump_logits(str(openchat_model), None, corpus_file, single, **kw)
-    s0 = dump_logits(str(openchat_model), None, corpus_file, multi, rank=0, world_size=2, **kw)
+    opts = DumpOptions(top_k=5, template="chat", mask_instruction=True, dtype="fp32", batch_tokens=1, progress=False,
+                       overwrite=True)
+    dump_logits(str(openchat_model), None, corpus_file, single, opts)
+    s0 = dump_logits(str(openchat_model), None, corpus_file, multi, opts, rank=0, world_size=2)  # keywords override
     assert not store_status(multi)["complete"]  # part-00001 missing
-    s1 = dump_logits(str(openchat_model), None, corpus_file, multi, rank=1, world_size=2, **kw)
+    s1 = dump_logits(str(openchat_model), None, corpus_file, multi, replace(opts, rank=1, world_size=2))
     assert (s0.part, s1.part) == ("part-00000", "part-00001")
     assert s0.samples_written == s1.samples_written == 10
     status = store_status(multi)
@@ -210,8 +213,8 @@ def test_rank_from_torchrun_environment(work, corpus_file, openchat_model, monke
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "3")
     out = work / "env-rank.zarr"
-    s = dump_logits(str(openchat_model), None, corpus_file, out, top_k=2, dtype="fp32", max_length=32,
-                    progress=False, overwrite=True)
+    s = dump_logits(str(openchat_model), None, corpus_file, out,
+                    DumpOptions(top_k=2, dtype="fp32", max_length=32, progress=False, overwrite=True))
     assert (s.rank, s.world_size, s.part, s.rank_items) == (1, 3, "part-00001", 7)
     st = open_store(out, allow_incomplete=True)
     items = [it.sample_id for it in Corpus(corpus_file)]
@@ -223,7 +226,7 @@ KILL_CHILD = r"""
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from tokalign.dump import dump_logits, load_causal_lm
+from tokalign.dump import DumpOptions, dump_logits, load_causal_lm
 model_dir, corpus, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 model, _ = load_causal_lm(model_dir, dtype="fp32", device="cpu")
 calls = [0]
@@ -232,8 +235,8 @@ def hook(module, args, kwargs):
     if calls[0] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)   # no cleanup, no flush: a hard kill mid-run
 model.register_forward_pre_hook(hook, with_kwargs=True)
-dump_logits(model, model_dir, corpus, out, top_k=6, template="chat", mask_instruction=True, dtype="fp32",
-            batch_tokens=400, flush_tokens=0, progress=False)
+dump_logits(model, model_dir, corpus, out, DumpOptions(top_k=6, template="chat", mask_instruction=True, dtype="fp32",
+                                                      batch_tokens=400, flush_tokens=0, progress=False))
 """
 
 
@@ -291,8 +294,8 @@ def test_nonfinite_logits_flag_the_sample(work, corpus_file, openchat_model):
 
     model.register_forward_hook(hook, with_kwargs=True)
     out = work / "nan.zarr"
-    s = dump_logits(model, str(openchat_model), corpus_file, out, top_k=4, batch_tokens=1, progress=False,
-                    overwrite=True)
+    s = dump_logits(model, str(openchat_model), corpus_file, out,
+                    DumpOptions(top_k=4, batch_tokens=1, progress=False, overwrite=True))
     assert s.invalid_samples == 2 and sorted(s.invalid_ids) == sorted(poison)
     assert s.nonfinite_values >= 2 and "2 invalid" in s.line()
     st = open_store(out)
@@ -373,8 +376,8 @@ def test_padded_output_vocab_masks_extra_ids(work, corpus_file, tokenizers_dir):
     n_tok = load_tokenizer(str(tok_dir)).vocab_size
     model_dir = save_tiny_causal_lm(work / "tiny-padded", tok_dir, seed=2, vocab_size=n_tok + 62, padded_scale=4.0)
     out = work / "padded.zarr"
-    s = dump_logits(str(model_dir), None, corpus_file, out, top_k=6, dtype="fp32", max_length=48, progress=False,
-                    overwrite=True)
+    s = dump_logits(str(model_dir), None, corpus_file, out,
+                    DumpOptions(top_k=6, dtype="fp32", max_length=48, progress=False, overwrite=True))
     assert (s.model_vocab_size, s.tokenizer_vocab_size) == (n_tok + 62, n_tok)
     samples, st = _store_by_id(out)
     assert st.schema.vocab_size == n_tok + 62
@@ -427,22 +430,23 @@ def test_truncate_skip_long_and_empty_are_counted(work, corpus_file, openchat_mo
     n_long = sum(n > max_len for n in lengths)
     assert 0 < n_long < 6
     out = work / "trunc.zarr"
-    s = dump_logits(str(openchat_model), None, data, out, top_k=3, dtype="fp32", max_length=max_len,
-                    progress=False, overwrite=True)
+    s = dump_logits(str(openchat_model), None, data, out,
+                    DumpOptions(top_k=3, dtype="fp32", max_length=max_len, progress=False, overwrite=True))
     assert (s.truncated, s.skipped_long, s.skipped_empty, s.samples_written) == (n_long, 0, 1, 6)
     st = open_store(out)
     assert st.lengths.max() == max_len and len(st) == 6
     assert st.parts and json.dumps(st.attrs["options"]["long"]) == '"truncate"'
-    s = dump_logits(str(openchat_model), None, data, work / "skip.zarr", top_k=3, dtype="fp32", max_length=max_len,
-                    skip_long=True, progress=False, overwrite=True)
+    s = dump_logits(str(openchat_model), None, data, work / "skip.zarr",
+                    DumpOptions(top_k=3, dtype="fp32", max_length=max_len, skip_long=True, progress=False,
+                                overwrite=True))
     assert (s.truncated, s.skipped_long, s.skipped_empty, s.samples_written) == (0, n_long, 1, 6 - n_long)
     assert "skipped %d long, 1 empty" % n_long in s.line()
 
 
-def test_plan_batches_packs_padded_tokens():
+def test_batch_ranges_packs_padded_tokens():
     rng = np.random.default_rng(0)
     lengths = sorted(rng.integers(1, 300, 200).tolist(), reverse=True)
-    ranges = plan_batches(lengths, 1000)
+    ranges = batch_ranges(lengths, 1000)
     assert ranges[0][0] == 0 and ranges[-1][1] == 200
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     for lo, hi in ranges:
@@ -451,8 +455,8 @@ def test_plan_batches_packs_padded_tokens():
             assert (hi - lo + 1) * max(lengths[lo:hi + 1]) > 1000
     # any suffix starting at a batch boundary re-forms the same batches (what makes resume exact)
     cut = ranges[5][0]
-    assert [(a + cut, b + cut) for a, b in plan_batches(lengths[cut:], 1000)] == ranges[5:]
-    assert plan_batches([5000, 10], 1000) == [(0, 1), (1, 2)]
+    assert [(a + cut, b + cut) for a, b in batch_ranges(lengths[cut:], 1000)] == ranges[5:]
+    assert batch_ranges([5000, 10], 1000) == [(0, 1), (1, 2)]
 
 
 def test_length_order_is_stable():

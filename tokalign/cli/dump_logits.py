@@ -66,15 +66,15 @@ def register(sub):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dump import dump_logits
+    from ..dump import DumpOptions, dump_logits
 
-    summary = dump_logits(
-        args.model, args.tokenizer, args.data, args.out, top_k=args.top_k, template=args.template,
-        mask_instruction=args.mask_instruction, max_length=args.max_length, skip_long=args.skip_long,
-        batch_tokens=args.batch_tokens, dtype=args.dtype, store_dtype=args.store_dtype,
+    options = DumpOptions(
+        top_k=args.top_k, template=args.template, mask_instruction=args.mask_instruction, max_length=args.max_length,
+        skip_long=args.skip_long, batch_tokens=args.batch_tokens, dtype=args.dtype, store_dtype=args.store_dtype,
         special_tokens=args.special_tokens, device=args.device, rank=args.rank, world_size=args.world_size,
         overwrite=args.overwrite, flush_tokens=args.flush_tokens, trust_remote_code=args.trust_remote_code,
         skip_bad=args.skip_bad, tokenizer_dir=args.tokenizer_dir, progress=not args.no_progress)
+    summary = dump_logits(args.model, args.tokenizer, args.data, args.out, options)
     if args.json:
         print_json(summary.to_dict())
     else:

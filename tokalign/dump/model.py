@@ -1,0 +1,122 @@
+"""Loading the causal LM a dump runs: model source (path, alias, hub id), safetensors only, remote code refused
+unless trusted, compute dtype and the torch device."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+from ..errors import TokalignError
+from .options import MODEL_DTYPES
+
+
+def torch_device(spec: str = "auto", local_rank: Optional[int] = None):
+    """The ``torch.device`` a dump runs on: ``auto`` -> CUDA when present (device ``LOCAL_RANK`` under
+    torchrun), else CPU. (:func:`tokalign.device.resolve_device` is another thing: which native backend runs.)"""
+    import torch
+
+    if spec not in ("auto", "cpu", "cuda") and not spec.startswith("cuda:"):
+        raise TokalignError("device must be auto, cpu, cuda or cuda:N, not %r" % spec)
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TokalignError("device %s requested but CUDA is not available (torch %s)" % (spec, torch.__version__))
+    if spec.startswith("cuda:"):
+        return torch.device(spec)
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in MODEL_DTYPES:
+        raise TokalignError("dtype must be one of %s, not %r" % (", ".join(sorted(MODEL_DTYPES)), name))
+    resolved = MODEL_DTYPES[name]
+    return "auto" if resolved == "auto" else getattr(torch, resolved)
+
+
+def _resolve_model_source(spec: Union[str, "os.PathLike[str]"]) -> Tuple[str, str]:
+    """(what from_pretrained gets, the name recorded in the store): a path (absolute), an alias' hub id, a hub id."""
+    s = os.fspath(spec)
+    p = Path(s).expanduser()
+    if p.exists():
+        return str(p), str(p.resolve())
+    from ..tokenize import lookup_alias
+
+    alias = lookup_alias(s)
+    if alias is not None and alias.hub_id:
+        return alias.hub_id, s
+    return s, s
+
+
+def _refuse_remote_code(path: Path, spec: Any) -> None:
+    """A checkpoint whose architecture exists only as code in its repository (``auto_map``) is refused with a
+    clear message; transformers' own error names neither the cause nor the flag."""
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports a missing/broken config itself
+    if not isinstance(config, dict) or not config.get("auto_map"):
+        return
+    from transformers import CONFIG_MAPPING
+
+    if config.get("model_type") not in CONFIG_MAPPING:
+        raise TokalignError("model %s needs custom code from its repository (config.json auto_map, model_type %r); "
+                            "refusing to run it (pass --trust-remote-code only if you trust that code)"
+                            % (spec, config.get("model_type")))
+
+
+def load_causal_lm(spec: Union[str, "os.PathLike[str]"], *, dtype: str = "bf16", device: Any = "auto",
+                   trust_remote_code: bool = False):
+    """Load a transformers causal LM from a directory, hub id (local cache) or tokenizer alias.
+
+    Only ``*.safetensors`` weights are read (``use_safetensors=True``: no pickle); custom model code runs only
+    with ``trust_remote_code=True``. Returns ``(model, name)`` with the model in eval mode on ``device``.
+    """
+    import torch  # noqa: F401  (clear ImportError before transformers)
+    from transformers import AutoModelForCausalLM
+    import transformers
+
+    source, name = _resolve_model_source(spec)
+    path = Path(source)
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        raise TokalignError("%s: no *.safetensors weights (tokalign loads safetensors only, never pickled "
+                            "checkpoints; convert them first)" % source)
+    if path.exists() and not path.is_dir():
+        raise TokalignError("%s: --model must be a model directory, hub id or alias, not a file" % source)
+    if path.is_dir() and not trust_remote_code:
+        _refuse_remote_code(path, spec)
+    dev = device if not isinstance(device, str) else torch_device(device)
+    kwargs: Dict[str, Any] = {"use_safetensors": True, "trust_remote_code": bool(trust_remote_code)}
+    major = int(transformers.__version__.split(".")[0])
+    minor = int(transformers.__version__.split(".")[1])
+    kwargs["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = _torch_dtype(dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except TokalignError:
+        raise
+    except Exception as exc:  # transformers raises ValueError/OSError/EnvironmentError/...; keep one line
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise TokalignError("model %s needs custom code from its repository; refusing to run it (pass "
+                                "--trust-remote-code only if you trust that code)" % spec) from None
+        raise TokalignError("cannot load model %s: %s" % (spec, msg)) from None
+    model.to(dev)
+    model.eval()
+    return model, name
+
+
+def model_output_size(model) -> int:
+    """Size of the logit dimension (the output embedding's rows; padded embeddings included)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if size is None:
+        raise TokalignError("cannot tell the model's vocabulary size (no output embedding, no config.vocab_size)")
+    return int(size)
