@@ -16,6 +16,9 @@ chunk that holds only the fill value) and decoding each blosc chunk straight int
 whole shards by encoding the chunks itself and putting the shard object in one store call. Shards written
 here are ordinary Zarr v3 shards: zarr reads them (and read-modify-writes them) like its own; the tests check
 both directions. Spec: https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/v1.0.html
+
+About 450 lines on purpose: reading and writing share the layout parsing and the index format, and keeping them
+together keeps the two directions byte-compatible.
 """
 from __future__ import annotations
 

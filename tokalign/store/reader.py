@@ -3,6 +3,9 @@
 ``open_store(url)`` checks the completeness marker (and optionally the tokenizer fingerprint), loads the small
 per-sample arrays (offsets, seq_ce, valid) of every part, and then gives O(1) access to any sample by index or
 id and batched iteration over whole sequences (one contiguous read per array per batch).
+
+About 470 lines on purpose: one class whose access paths (by index, by id, batches, raw rows, gather) share the
+part layout, the decode threads and the direct-read switch; the chunk cache of ``gather`` lives in gather.py.
 """
 from __future__ import annotations
 
