@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     quality = HERE / "results" / "fusion_quality.md"
     if quality.is_file():  # a 35-minute run, not repeated here: linked with its own command and figures
         lines += ["", "## Fusion quality (EM vs MinED vs MS)", "",
-                  "`python benchmarks/fusion_quality.py` (default configuration, ~35 min on 2 cores; `--quick` ~7 min):",
+                  "`python -m benchmarks.fusion_quality` (default configuration, ~35 min on 2 cores; `--quick` ~7 min):",
                   "full table, diagnostics and an honest reading in [results/fusion_quality.md](results/fusion_quality.md)."]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     json_path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")

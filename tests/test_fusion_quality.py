@@ -1,9 +1,9 @@
-"""benchmarks/fusion_quality.py: pure helpers (fast) and the --quick pipeline end to end (slow)."""
+"""benchmarks/fusion_quality (a package): pure helpers (fast) and the --quick pipeline end to end (slow)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -11,22 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import benchmarks.fusion_quality as fq
 from tokalign.errors import TokalignError
 from tokalign.paths import shared_corpora, shared_tokenizers
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "benchmarks" / "fusion_quality.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("fusion_quality_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is being created
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fq = _load()
 
 
 # ---- configuration hashing ------------------------------------------------------------------------
@@ -214,19 +203,15 @@ def test_config_from_args_and_stems():
         fq.config_from_args(p.parse_args(["--seeds", "0"]))
 
 
-def test_tokalign_bench_fusion_passes_options_through(capsys):
-    from tokalign.cli import build_parser, main
-    from tokalign.cli import bench
-
-    ns = build_parser().parse_args(["bench", "fusion", "--quick", "--seeds", "2", "-h"])
-    assert ns.script_args == ["--quick", "--seeds", "2", "-h"]
-    assert main(["bench", "fusion", "--help"]) == 0
-    assert "--minCE-metric" in capsys.readouterr().out  # the script's own help
-    assert main(["bench", "fusion", "--no-such-flag"]) == 2
-    with pytest.raises(TokalignError, match="unknown benchmark"):
-        bench.load_benchmark("nope")
-    with pytest.raises(TokalignError, match="not found"):
-        bench.load_benchmark("fusion", Path("/nonexistent"))
+@pytest.mark.parametrize("command", [["-m", "benchmarks.fusion_quality"], [str(REPO / "benchmarks" / "fusion_quality")]],
+                         ids=["module", "folder"])
+def test_command_line_help_and_bad_flag(command):
+    # both documented spellings run the package's own command line (from any working directory for the folder)
+    cwd = REPO if command[0] == "-m" else Path("/")
+    ok = subprocess.run([sys.executable, *command, "--help"], cwd=cwd, capture_output=True, text=True)
+    assert ok.returncode == 0 and "--minCE-metric" in ok.stdout  # the benchmark's own help
+    bad = subprocess.run([sys.executable, *command, "--no-such-flag"], cwd=cwd, capture_output=True, text=True)
+    assert bad.returncode == 2
 
 
 # ---- data split on the real corpora ---------------------------------------------------------------
