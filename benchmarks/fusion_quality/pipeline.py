@@ -26,13 +26,12 @@ def dump_store(bench: Bench, role: str, model_dir: Path, data_dir: Path) -> Path
 
     def build(out: Path) -> None:
         torch_setup(cfg)
-        from tokalign.dump import dump_logits
+        from tokalign.dump import DumpOptions, dump_logits
 
-        summary = dump_logits(str(model_dir), tok, str(data_dir / "fusion.jsonl"), str(out / "store.zarr"),
-                              top_k=cfg.top_k, template="plain", mask_instruction=False,
-                              max_length=8 * cfg.seq_len, batch_tokens=16 * cfg.seq_len, dtype="fp32",
-                              store_dtype="bfloat16", special_tokens="none", device=_dump_device(cfg),
-                              progress=False)
+        options = DumpOptions(top_k=cfg.top_k, template="plain", mask_instruction=False, max_length=8 * cfg.seq_len,
+                              batch_tokens=16 * cfg.seq_len, dtype="fp32", store_dtype="bfloat16",
+                              special_tokens="none", device=_dump_device(cfg), progress=False)
+        summary = dump_logits(str(model_dir), tok, str(data_dir / "fusion.jsonl"), str(out / "store.zarr"), options)
         bench.log("  " + summary.line())
         if summary.truncated or summary.samples == 0:
             raise RuntimeError("dump of %s truncated %d samples / wrote %d" % (role, summary.truncated, summary.samples))
