@@ -1,5 +1,6 @@
-// pybind11 binding of the remap kernel (csrc/remap_kernel.cpp): checks shapes, allocates the outputs
-// and runs the kernel with the GIL released. Python wrapper and semantics: tokalign/remap.py, docs/remap.md.
+// pybind11 bindings of the remap stage's kernels (csrc/remap_kernel.cpp, remap_align.cpp, remap_ce.cpp):
+// check shapes, allocate the outputs and run the kernels with the GIL released. Python wrappers and
+// semantics: tokalign/remap/ (kernel.py, stores.py, ce.py), docs/remap.md.
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -12,6 +13,7 @@
 #include "bindings.h"
 #include "tokalign/remap.h"
 #include "tokalign/remap_align.h"
+#include "tokalign/remap_ce.h"
 
 namespace py = pybind11;
 
@@ -172,6 +174,71 @@ py::tuple remap_align_batch(Arr<uint8_t> pivot_bytes, Arr<int64_t> pivot_byte_of
     return py::make_tuple(groups, goff, path);
 }
 
+// ---- the CE fields (kernels: csrc/remap_ce.cpp)
+
+py::array_t<float> source_nll_by_group(Arr<float> source_ce, Arr<int64_t> source_offsets, Arr<int64_t> groups,
+                                       Arr<int64_t> group_offsets, Arr<int64_t> pivot_offsets, py::object source_lse,
+                                       int num_threads) {
+    auto fail = [](const std::string& m) { throw std::invalid_argument("source_nll_by_group: " + m); };
+    if (source_offsets.ndim() != 1 || pivot_offsets.ndim() != 1 || group_offsets.ndim() != 1 ||
+        pivot_offsets.size() < 1)
+        fail("offsets must be 1-D with S + 1 entries");
+    const int64_t S = pivot_offsets.size() - 1;
+    if (groups.ndim() != 2 || groups.shape(1) != 4) fail("groups must have shape [G, 4]");
+    const int64_t G = groups.shape(0);
+    const int64_t* so = source_offsets.data();
+    const int64_t* po = pivot_offsets.data();
+    const int64_t* go = group_offsets.data();
+    if (source_offsets.size() != S + 1 || group_offsets.size() != S + 1 || go[S] != G)
+        fail(std::to_string(pivot_offsets.size()) + " pivot, " + std::to_string(source_offsets.size()) + " source and " +
+             std::to_string(group_offsets.size()) + " group offsets for " + std::to_string(G) + " groups");
+    const int64_t n_source = so[S];
+    if (source_ce.ndim() != 1 || source_ce.shape(0) != n_source)
+        fail("source token_ce has shape (" + std::to_string(source_ce.ndim() ? source_ce.shape(0) : 0) +
+             ",), expected (" + std::to_string(n_source) + ",)");
+    Arr<float> lse;
+    if (!source_lse.is_none()) {
+        lse = source_lse.cast<Arr<float>>();
+        if (lse.ndim() != 1 || lse.shape(0) != n_source) fail("source logsumexp must have the shape of token_ce");
+    }
+    if (so[0] != 0 || po[0] != 0 || go[0] != 0) fail("offsets must start at 0");
+    for (int64_t k = 0; k < S; ++k)
+        if (so[k + 1] < so[k] || po[k + 1] < po[k] || go[k + 1] < go[k]) fail("offsets must not decrease");
+
+    py::array_t<float> out(static_cast<py::ssize_t>(po[S]));
+    {
+        py::gil_scoped_release release;
+        remap::source_nll_by_group(source_ce.data(), lse ? lse.data() : nullptr, so, groups.data(), go, po, S,
+                                   threads_for(num_threads), out.mutable_data());
+    }
+    return out;
+}
+
+py::array_t<float> remapped_token_ce(Arr<int32_t> topk_ids, Arr<float> topk_logits, Arr<float> retained_mass,
+                                     Arr<uint8_t> valid, Arr<int32_t> input_ids, Arr<int64_t> offsets,
+                                     int num_threads) {
+    auto fail = [](const std::string& m) { throw std::invalid_argument("remapped_token_ce: " + m); };
+    if (topk_ids.ndim() != 2 || topk_logits.ndim() != 2 || topk_ids.shape(0) != topk_logits.shape(0) ||
+        topk_ids.shape(1) != topk_logits.shape(1))
+        fail("top-k ids and logits must both have shape [N, K]");
+    const int64_t n = topk_ids.shape(0), K = topk_ids.shape(1);
+    if (retained_mass.size() != n || valid.size() != n || input_ids.size() != n)
+        fail("retained_mass, valid and input_ids must have N entries");
+    if (offsets.ndim() != 1 || offsets.size() < 1 || offsets.data()[0] != 0 || offsets.data()[offsets.size() - 1] != n)
+        fail("offsets must run from 0 to N");
+    const int64_t S = offsets.size() - 1;
+    const int64_t* off = offsets.data();
+    for (int64_t k = 0; k < S; ++k)
+        if (off[k + 1] < off[k]) fail("offsets must not decrease");
+    py::array_t<float> out(static_cast<py::ssize_t>(n));
+    {
+        py::gil_scoped_release release;
+        remap::remapped_token_ce(topk_ids.data(), topk_logits.data(), retained_mass.data(), valid.data(),
+                                 input_ids.data(), off, S, K, threads_for(num_threads), out.mutable_data());
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_remap(py::module_& m) {
@@ -192,7 +259,19 @@ void bind_remap(py::module_& m) {
           py::arg("num_threads") = 0,
           "Align a batch of stored id sequences like tokalign.align.span on the texts their token bytes spell\n"
           "(GIL released, OpenMP over pairs). Returns (groups [G, 4] int64, group_offsets [S + 1] int64,\n"
-          "path uint8 [S]: 0 same text, 1 diff, 2 diff + DTW, 3 empty). Low-level: see tokalign.remap_store.");
+          "path uint8 [S]: 0 same text, 1 diff, 2 diff + DTW, 3 empty). Low-level: see tokalign.remap.stores.");
+    m.def("source_nll_by_group", &source_nll_by_group, py::arg("source_ce"), py::arg("source_offsets"),
+          py::arg("groups"), py::arg("group_offsets"), py::arg("pivot_offsets"), py::arg("source_lse") = py::none(),
+          py::arg("num_threads") = 0,
+          "token_ce of remapped positions: each alignment group's source NLL spread over the pivot positions\n"
+          "predicting its tokens (float32 [Np]; GIL released, OpenMP over sequences). Low-level: use\n"
+          "tokalign.remap.ce.source_nll_by_group.");
+    m.def("remapped_token_ce", &remapped_token_ce, py::arg("topk_ids"), py::arg("topk_logits"),
+          py::arg("retained_mass"), py::arg("valid"), py::arg("input_ids"), py::arg("offsets"),
+          py::arg("num_threads") = 0,
+          "The remap_ce diagnostic: -log q(next pivot token) when kept, else -log(max(1 - retained, 1e-6));\n"
+          "0 at each sequence's last position and where invalid (float32 [N]). Low-level: use\n"
+          "tokalign.remap.stores.remapped_token_ce_packed.");
 }
 
 }  // namespace tokalign

@@ -27,8 +27,7 @@ void bind_align(pybind11::module_& m);     // bind_align.cpp: DTW / banded DTW /
 void bind_tokenize(pybind11::module_& m);  // bind_tokenize.cpp: exact character offsets of encodings
 void bind_vocab(pybind11::module_& m);     // bind_vocab.cpp: Levenshtein, all-pairs MinED
 void bind_stats(pybind11::module_& m);     // bind_stats.cpp: mapping-statistics accumulation
-void bind_remap(pybind11::module_& m);     // bind_remap.cpp: top-k remapping kernels
-void bind_remap_ce(pybind11::module_& m);  // remap_ce.cpp: the CE fields of remapped stores
+void bind_remap(pybind11::module_& m);     // bind_remap.cpp: top-k remapping, alignment, CE fields
 void bind_merge(pybind11::module_& m);     // bind_merge.cpp: element-wise kernels for model merging
 
 // A sequence of bytes objects as strings; anything else is a TypeError naming `what`.

@@ -19,6 +19,5 @@ PYBIND11_MODULE(_core, m) {
     tokalign::bind_vocab(m);
     tokalign::bind_stats(m);
     tokalign::bind_remap(m);
-    tokalign::bind_remap_ce(m);
     tokalign::bind_merge(m);
 }
