@@ -150,3 +150,19 @@ def test_shard_spec_errors(tmp_path, tokenizers_dir, capsys):
     assert _cli("build-stats", "--pivot", "openchat", "--source", "internlm2", "--tokenizer-dir", tokenizers_dir,
                 "--shard", "3/2", "--out", tmp_path / "x") == 2
     assert "0 <= I < N" in capsys.readouterr().err
+
+
+def test_nothing_aligned_is_an_error(tmp_path, tokenizers_dir, capsys):
+    """--assistant-only on user-only data (or an empty corpus) aligns nothing: one line, exit 2, no folder;
+    --allow-empty writes the empty statistics on purpose."""
+    users = tmp_path / "users.jsonl"
+    users.write_text("".join(json.dumps({"id": str(i), "messages": [{"role": "user", "content": "hello %d" % i}]})
+                             + "\n" for i in range(3)))
+    common = ["--pivot", "openchat", "--source", "internlm2", "--tokenizer-dir", tokenizers_dir, "--no-progress"]
+    assert _cli("build-stats", *common, "--corpus", users, "--assistant-only", "--out", tmp_path / "s") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing to count" in err and "--assistant-only" in err, err
+    assert not (tmp_path / "s").exists()
+    assert _cli("build-stats", *common, "--corpus", users, "--assistant-only", "--allow-empty",
+                "--out", tmp_path / "s") == 0
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["items"] == 0

@@ -4,6 +4,7 @@ logits, multi-rank union, resume after SIGKILL, NaN/Inf flagging, instruction ma
 Models are tiny random Llama-style LMs whose vocabularies are real tokenizers (tokalign/testing.py).
 """
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -497,3 +498,85 @@ def test_cli_bad_input_is_one_line(work, openchat_model, capsys):
                 "--no-progress") == 2
     assert "duplicate sample id 'a'" in capsys.readouterr().err
     assert not (work / "bad.zarr").exists() and not (work / "dup.zarr").exists()
+
+
+# ------------------------------------------------------------------------------ runs that produce nothing
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_nothing_to_dump_is_an_error(work, openchat_model, tmp_path, capsys):
+    """An empty corpus, or one whose every line --skip-bad skipped, ends non-zero with one line and no store;
+    --allow-empty writes the (empty) store on purpose."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n[1, 2]\n")
+    common = ("--model", openchat_model, "--dtype", "fp32", "--device", "cpu", "--no-progress")
+    assert _cli("dump-logits", *common, "--data", empty, "--out", tmp_path / "e.zarr") == 2
+    _one_line_error(capsys, "nothing to dump", "--allow-empty")
+    assert _cli("dump-logits", *common, "--data", bad, "--skip-bad", "--out", tmp_path / "b.zarr") == 2
+    _one_line_error(capsys, "nothing to dump", "bad JSON 1")
+    assert not (tmp_path / "e.zarr").exists() and not (tmp_path / "b.zarr").exists()
+    assert _cli("dump-logits", *common, "--data", empty, "--allow-empty", "--out", tmp_path / "e.zarr") == 0
+    assert store_status(str(tmp_path / "e.zarr"))["exists"]
+
+
+def test_learned_positions_shorter_than_sequences_refused_before_work(tokenizers_dir, corpus_file, tmp_path, capsys):
+    """GPT-2-style learned positions (n_positions=16) and longer sequences: one line naming the fix, no store;
+    with --max-length at the limit it runs."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tokalign.testing import TOKENIZER_FILES
+
+    tok = load_tokenizer(str(tokenizers_dir / "gpt2"))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    model_dir = tmp_path / "tiny-gpt2"
+    model.save_pretrained(model_dir)
+    for name in TOKENIZER_FILES:
+        if (tokenizers_dir / "gpt2" / name).is_file():
+            shutil.copy(tokenizers_dir / "gpt2" / name, model_dir / name)
+    common = ("--model", model_dir, "--data", corpus_file, "--dtype", "fp32", "--device", "cpu", "--no-progress",
+              "--top-k", "4")
+    assert _cli("dump-logits", *common, "--out", tmp_path / "g.zarr") == 2
+    _one_line_error(capsys, "learned positions for 16 tokens", "--max-length 16")
+    assert not (tmp_path / "g.zarr").exists()
+    assert _cli("dump-logits", *common, "--max-length", "16", "--out", tmp_path / "g.zarr") == 0
+    assert len(open_store(str(tmp_path / "g.zarr"))) == 20
+
+
+def test_synthesized_sample_ids_warn(work, openchat_model, corpus_file, tmp_path, capsys):
+    """Lines without an "id" get file:line ids, which never join with a store dumped from a file of another
+    name: the dump says so."""
+    no_ids = tmp_path / "no_ids.jsonl"
+    lines = corpus_file.read_text(encoding="utf-8").splitlines()[:3]
+    no_ids.write_text("".join(json.dumps({k: v for k, v in json.loads(x).items() if k != "id"}) + "\n" for x in lines))
+    assert _cli("dump-logits", "--model", openchat_model, "--data", no_ids, "--dtype", "fp32", "--device", "cpu",
+                "--no-progress", "--out", tmp_path / "n.zarr") == 0
+    err = capsys.readouterr().err
+    assert "3 of 3 corpus items have no \"id\"" in err and "no_ids.jsonl:1" in err
+
+
+def test_pickled_weights_need_allow_pickle(openchat_model, corpus_file, tmp_path, capsys):
+    """A folder with only pytorch_model.bin (a pickle) is refused with one line naming --allow-pickle."""
+    from transformers import AutoModelForCausalLM
+
+    pickled = tmp_path / "pickled"
+    model = AutoModelForCausalLM.from_pretrained(str(openchat_model), use_safetensors=True, trust_remote_code=False)
+    pickled.mkdir()
+    model.config.save_pretrained(pickled)  # transformers 5 writes safetensors only: pickle the weights by hand
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    for f in openchat_model.iterdir():
+        if f.name.startswith("tokenizer") or f.name.endswith(".model") or f.name == "special_tokens_map.json":
+            shutil.copy(f, pickled / f.name)
+    assert not list(pickled.glob("*.safetensors")) and (pickled / "pytorch_model.bin").is_file()
+    common = ("--model", pickled, "--data", corpus_file, "--dtype", "fp32", "--device", "cpu", "--no-progress")
+    capsys.readouterr()
+    assert _cli("dump-logits", *common, "--out", tmp_path / "p.zarr") == 2
+    _one_line_error(capsys, "no *.safetensors weights", "--allow-pickle")
+    assert _cli("dump-logits", *common, "--allow-pickle", "--out", tmp_path / "p.zarr") == 0

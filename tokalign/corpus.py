@@ -62,6 +62,7 @@ class CorpusStats:
     skipped_empty: int = 0
     truncated: int = 0
     chars: int = 0
+    synthesized_ids: int = 0  # items without an "id" field: their id is "file:line", which other files never share
 
     @property
     def skipped(self) -> int:
@@ -270,7 +271,11 @@ class Corpus:
         if not isinstance(obj, dict):
             raise _BadLine("schema", "%s: expected a JSON object, got %s" % (where, type(obj).__name__))
         sid = obj.get("id")
-        sample_id = str(sid) if isinstance(sid, (str, int)) and not isinstance(sid, bool) else where
+        if isinstance(sid, (str, int)) and not isinstance(sid, bool):
+            sample_id = str(sid)
+        else:
+            sample_id = where
+            self.stats.synthesized_ids += 1
         if "messages" in obj:
             msgs = _check_messages(obj["messages"], where)
             if self.template == "chat":

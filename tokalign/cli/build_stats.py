@@ -36,6 +36,8 @@ def register(sub):
     p.add_argument("--shard", default="0/1", help="process items with index %% N == I (I/N)")
     p.add_argument("--batch-size", type=int, default=256, help="items per batch (default 256)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count malformed lines instead of failing")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write empty statistics when no item is aligned (default: an error)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print meta.json as JSON instead of the summary line")
@@ -50,7 +52,7 @@ def run(args) -> int:
     prepare_out_dir(args.out, args.overwrite)  # fail before the long run, not after
     opts = BuildOptions(method=args.method, template=args.template, assistant_only=args.assistant_only,
                         max_chars=args.max_chars, shard=parse_shard(args.shard), batch_size=args.batch_size,
-                        skip_bad=args.skip_bad, device=args.device)
+                        skip_bad=args.skip_bad, device=args.device, allow_empty=args.allow_empty)
     if args.method == "dtw":
         from ..device import resolve_device
 

@@ -60,6 +60,11 @@ def register(sub):
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model/tokenizer code from the model repository (off by default)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count malformed corpus lines")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write an empty store when nothing is left to dump (default: an error)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load a model folder that has only pickled weights (pytorch_model.bin; runs code on load: "
+                        "only for files you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -73,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         skip_long=args.skip_long, batch_tokens=args.batch_tokens, dtype=args.dtype, store_dtype=args.store_dtype,
         special_tokens=args.special_tokens, device=args.device, rank=args.rank, world_size=args.world_size,
         overwrite=args.overwrite, flush_tokens=args.flush_tokens, trust_remote_code=args.trust_remote_code,
-        skip_bad=args.skip_bad, tokenizer_dir=args.tokenizer_dir, progress=not args.no_progress)
+        skip_bad=args.skip_bad, allow_empty=args.allow_empty, allow_pickle=args.allow_pickle,
+        tokenizer_dir=args.tokenizer_dir, progress=not args.no_progress)
     summary = dump_logits(args.model, args.tokenizer, args.data, args.out, options)
     if args.json:
         print_json(summary.to_dict())

@@ -6,12 +6,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import TokalignError
+from ..models.loading import MODEL_DTYPES
 
 TEMPLATES = ("plain", "chat")
 SPECIAL_TOKEN_POLICIES = ("auto", "add", "none")
-#: ``--dtype`` names -> torch dtype attribute names ("auto": the checkpoint's own dtype)
-MODEL_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-                "fp32": "float32", "float32": "float32", "auto": "auto"}
 STORE_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -34,7 +32,9 @@ class DumpOptions:
         overwrite: rewrite this rank's part even when complete (an incomplete one is resumed otherwise).
         flush_tokens: commit (durably) after at least this many tokens (always at a batch boundary).
         trust_remote_code: allow model / tokenizer code from the model repository.
+        allow_pickle: load a model folder that has only pickled weights (``pytorch_model.bin``).
         skip_bad: skip and count malformed corpus lines.
+        allow_empty: write an empty store when there is nothing to dump, instead of failing.
         tokenizer_dir: folder of alias-named tokenizer directories.
         progress: tqdm bar (and transformers' loading bars).
         storage_options: fsspec options of the store URL.
@@ -56,7 +56,9 @@ class DumpOptions:
     overwrite: bool = False
     flush_tokens: int = 65536
     trust_remote_code: bool = False
+    allow_pickle: bool = False
     skip_bad: bool = False
+    allow_empty: bool = False
     tokenizer_dir: Optional[str] = None
     progress: bool = True
     storage_options: Optional[Dict[str, Any]] = None

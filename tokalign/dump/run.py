@@ -29,7 +29,7 @@ from .. import __version__
 from ..corpus import Corpus, CorpusItem
 from ..errors import TokalignError
 from .forward import forward_batch
-from .model import load_causal_lm, model_output_size, torch_device
+from ..models.loading import learned_position_limit, load_causal_lm, model_output_size, torch_device
 from .options import DumpOptions, DumpSummary
 from .samples import batch_ranges, length_order, prepare_samples, resolve_special_tokens
 
@@ -50,6 +50,22 @@ def _check_unique_ids(items: Sequence[CorpusItem]) -> None:
             raise TokalignError("%s:%d: duplicate sample id %r (first at %s:%d); store samples are joined by id"
                                 % (it.file, it.line, it.sample_id, first.file, first.line))
         seen[it.sample_id] = it
+
+
+def _refuse_nothing_to_dump(o: DumpOptions, corpus: Corpus, items: Sequence[CorpusItem],
+                            my_items: Sequence[CorpusItem], prepared: Sequence[Any], counts: Dict[str, int]) -> None:
+    """A run that would write no sample at all is an error (unless ``allow_empty``): an empty corpus, every line
+    skipped as malformed, or every sequence empty or too long. A rank that gets no items because there are more
+    ranks than items is not: its part is simply empty."""
+    if o.allow_empty or prepared or (items and not my_items):
+        return
+    st = corpus.stats
+    if not items:
+        why = "the corpus has no items (%s)" % st.summary()
+    else:
+        why = "every item was skipped (%d empty after tokenization, %d longer than --max-length with --skip-long)" % (
+            counts["skipped_empty"], counts["skipped_long"])
+    raise TokalignError("nothing to dump: %s; nothing was written (pass --allow-empty to write an empty store)" % why)
 
 
 def _spec_name(spec: Any) -> str:
@@ -116,6 +132,12 @@ def dump_logits(model, tokenizer, corpus, out_url: Union[str, "os.PathLike[str]"
     my_items = items[rank::world_size]
     prepared, counts = prepare_samples(tokenizer, my_items, mask_instruction=o.mask_instruction,
                                        max_length=o.max_length, skip_long=o.skip_long, add_special_tokens=add_special)
+    _refuse_nothing_to_dump(o, corpus, items, my_items, prepared, counts)
+    if corpus_stats.synthesized_ids:
+        print("tokalign dump-logits: warning: %d of %d corpus items have no \"id\" field, so their sample ids are "
+              "file:line (e.g. %r); stores join by id, so this store joins only stores dumped from files of the same "
+              "names: give every line an \"id\"" % (corpus_stats.synthesized_ids, len(items),
+                                                   next((it.sample_id for it in items), "")), file=sys.stderr)
     ordered = length_order(prepared)
     provenance = [{"name": p["path"].rsplit("/", 1)[-1], "sha256": p["sha256"], "bytes": p["bytes"]}
                   for p in corpus.provenance()]
@@ -140,7 +162,7 @@ def dump_logits(model, tokenizer, corpus, out_url: Union[str, "os.PathLike[str]"
             pass
     if model_spec is not None:
         model, model_name = load_causal_lm(model_spec, dtype=o.dtype, device=o.device,
-                                           trust_remote_code=o.trust_remote_code)
+                                           trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle)
         dev = next(model.parameters()).device
     else:
         given = getattr(getattr(model, "config", None), "_name_or_path", "")
@@ -157,6 +179,12 @@ def dump_logits(model, tokenizer, corpus, out_url: Union[str, "os.PathLike[str]"
         raise TokalignError("model %s has %d output logits but tokenizer %s has %d ids: the model's vocabulary is "
                             "smaller than the tokenizer's (wrong tokenizer for this model?)"
                             % (model_name, vocab, tok_name, n_tok))
+    limit = learned_position_limit(model)
+    if limit is not None and ordered and len(ordered[0]) > limit:
+        longer = sum(1 for s in ordered if len(s) > limit)
+        raise TokalignError("model %s has learned positions for %d tokens, but %d sequences are longer (up to %d "
+                            "tokens): pass --max-length %d (truncate) or --skip-long; nothing was written"
+                            % (model_name, limit, longer, len(ordered[0]), limit))
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(max_pos, int) and ordered and len(ordered[0]) > max_pos:
         print("tokalign dump-logits: warning: sequences of %d tokens exceed the model's max_position_embeddings=%d"

@@ -32,11 +32,13 @@ class BuildOptions:
     tie_break: str = "fusechat"
     band: object = "auto"
     device: str = "auto"  # dtw: "auto" | "cpu" | "cuda" (tokalign.device); results are identical
+    allow_empty: bool = False  # an empty result (no item aligned) is an error unless this is set
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
         d["shard"] = "%d/%d" % self.shard
         d.pop("device")  # where it ran does not change the counts; meta.json stays reproducible
+        d.pop("allow_empty")  # nor does permission to be empty
         return d
 
 
@@ -132,6 +134,11 @@ def build_stats(pivot, source, corpus: Sequence[str] | str, options: BuildOption
             bar.set_postfix_str("%.2fM tok/s" % (acc.pivot_tokens / dt / 1e6), refresh=False)
     if bar is not None:
         bar.close()
+    if acc.items == 0 and not options.allow_empty:
+        hint = " (--assistant-only: items without an assistant turn are empty)" if options.assistant_only else ""
+        raise TokalignError("nothing to count: no item of the corpus was aligned (%s; %d empty after tokenization%s); "
+                            "nothing was written (pass --allow-empty to write empty statistics)"
+                            % (pc.stats.summary(), skipped_empty, hint))
     seconds = time.perf_counter() - t0
     m = acc.matrix()
     meta = {

@@ -1,5 +1,9 @@
-"""Loading the causal LM a dump runs: model source (path, alias, hub id), safetensors only, remote code refused
-unless trusted, compute dtype and the torch device."""
+"""Loading models safely, for every command that runs one (dump-logits, fusion-train's trainers, scorers).
+
+transformers' defaults are not safe for a tool: without ``trust_remote_code`` it *prompts* on a terminal for a
+repository with ``auto_map`` (answering "y" runs the repository's Python), and without ``use_safetensors`` it
+falls back to ``pytorch_model.bin`` (a pickle). Here remote code runs only with ``trust_remote_code=True`` and
+pickled weights load only with ``allow_pickle=True``; the model source is a path, an alias or a hub id."""
 from __future__ import annotations
 
 import os
@@ -7,11 +11,14 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from ..errors import TokalignError
-from .options import MODEL_DTYPES
+
+#: ``--dtype`` names -> torch dtype attribute names ("auto": the checkpoint's own dtype)
+MODEL_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+                "fp32": "float32", "float32": "float32", "auto": "auto"}
 
 
 def torch_device(spec: str = "auto", local_rank: Optional[int] = None):
-    """The ``torch.device`` a dump runs on: ``auto`` -> CUDA when present (device ``LOCAL_RANK`` under
+    """The ``torch.device`` a model runs on: ``auto`` -> CUDA when present (device ``LOCAL_RANK`` under
     torchrun), else CPU. (:func:`tokalign.device.resolve_device` is another thing: which native backend runs.)"""
     import torch
 
@@ -28,7 +35,7 @@ def torch_device(spec: str = "auto", local_rank: Optional[int] = None):
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-def _torch_dtype(name: str):
+def torch_dtype(name: str):
     import torch
 
     if name not in MODEL_DTYPES:
@@ -37,7 +44,7 @@ def _torch_dtype(name: str):
     return "auto" if resolved == "auto" else getattr(torch, resolved)
 
 
-def _resolve_model_source(spec: Union[str, "os.PathLike[str]"]) -> Tuple[str, str]:
+def resolve_model_source(spec: Union[str, "os.PathLike[str]"]) -> Tuple[str, str]:
     """(what from_pretrained gets, the name recorded in the store): a path (absolute), an alias' hub id, a hub id."""
     s = os.fspath(spec)
     p = Path(s).expanduser()
@@ -51,7 +58,7 @@ def _resolve_model_source(spec: Union[str, "os.PathLike[str]"]) -> Tuple[str, st
     return s, s
 
 
-def _refuse_remote_code(path: Path, spec: Any) -> None:
+def refuse_remote_code(path: Path, spec: Any) -> None:
     """A checkpoint whose architecture exists only as code in its repository (``auto_map``) is refused with a
     clear message; transformers' own error names neither the cause nor the flag."""
     import json
@@ -71,32 +78,35 @@ def _refuse_remote_code(path: Path, spec: Any) -> None:
 
 
 def load_causal_lm(spec: Union[str, "os.PathLike[str]"], *, dtype: str = "bf16", device: Any = "auto",
-                   trust_remote_code: bool = False):
+                   trust_remote_code: bool = False, allow_pickle: bool = False):
     """Load a transformers causal LM from a directory, hub id (local cache) or tokenizer alias.
 
-    Only ``*.safetensors`` weights are read (``use_safetensors=True``: no pickle); custom model code runs only
-    with ``trust_remote_code=True``. Returns ``(model, name)`` with the model in eval mode on ``device``.
+    Only ``*.safetensors`` weights are read (``use_safetensors=True``: no pickle) unless ``allow_pickle`` (then a
+    folder with only ``pytorch_model.bin`` loads too); custom model code runs only with ``trust_remote_code=True``.
+    Returns ``(model, name)`` with the model in eval mode on ``device``.
     """
     import torch  # noqa: F401  (clear ImportError before transformers)
     from transformers import AutoModelForCausalLM
     import transformers
 
-    source, name = _resolve_model_source(spec)
+    source, name = resolve_model_source(spec)
     path = Path(source)
-    if path.is_dir() and not any(path.glob("*.safetensors")):
+    has_safetensors = path.is_dir() and any(path.glob("*.safetensors"))
+    if path.is_dir() and not has_safetensors and not allow_pickle:
         raise TokalignError("%s: no *.safetensors weights (tokalign loads safetensors only, never pickled "
-                            "checkpoints; convert them first)" % source)
+                            "checkpoints: convert them first, or pass --allow-pickle if you trust the files)" % source)
     if path.exists() and not path.is_dir():
         raise TokalignError("%s: --model must be a model directory, hub id or alias, not a file" % source)
     if path.is_dir() and not trust_remote_code:
-        _refuse_remote_code(path, spec)
+        refuse_remote_code(path, spec)
     dev = device if not isinstance(device, str) else torch_device(device)
-    kwargs: Dict[str, Any] = {"use_safetensors": True, "trust_remote_code": bool(trust_remote_code)}
+    use_safetensors = bool(has_safetensors or not allow_pickle)
     major = int(transformers.__version__.split(".")[0])
     minor = int(transformers.__version__.split(".")[1])
-    kwargs["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = _torch_dtype(dtype)
+    dtype_kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch_dtype(dtype)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=use_safetensors,
+                                                     trust_remote_code=bool(trust_remote_code), **dtype_kw)
     except TokalignError:
         raise
     except Exception as exc:  # transformers raises ValueError/OSError/EnvironmentError/...; keep one line
@@ -120,3 +130,19 @@ def model_output_size(model) -> int:
     if size is None:
         raise TokalignError("cannot tell the model's vocabulary size (no output embedding, no config.vocab_size)")
     return int(size)
+
+
+def learned_position_limit(model) -> Optional[int]:
+    """The number of positions a model with *learned* absolute position embeddings (GPT-2, OPT, ...) can take,
+    or None for models whose positions are computed (RoPE, ALiBi), which run past their nominal length."""
+    import torch
+
+    config = getattr(model, "config", None)
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if isinstance(module, torch.nn.Embedding) and ("position" in leaf or leaf == "wpe"):
+            return limit
+    return None
