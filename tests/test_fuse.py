@@ -1,6 +1,7 @@
 """FusionTrainer and ``fusion-train fuse`` on a tiny random Llama with in-memory stores (CPU, fast)."""
 import importlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -226,3 +227,35 @@ def test_cli_bad_options_and_help(cli_env, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "--resume-from-checkpoint" in text and "--lambda_sft" in text
+
+
+def test_cli_never_runs_remote_code_or_unpickles_unasked(cli_env, capsys):
+    """A model whose config needs its repository's code (auto_map, unknown model_type) is refused with one
+    line and no prompt; a folder with only pytorch_model.bin (a pickle) is refused unless --allow-pickle."""
+    import torch
+
+    model_dir, tmp = cli_env
+    remote = tmp / "remote-model"
+    shutil.copytree(model_dir, remote)
+    cfg = json.loads((remote / "config.json").read_text())
+    cfg.update(model_type="evil_llama", auto_map={"AutoConfig": "configuration_evil.EvilConfig",
+                                                  "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"})
+    (remote / "config.json").write_text(json.dumps(cfg))
+    marker = tmp / "ran"
+    (remote / "configuration_evil.py").write_text("open(%r, 'w').write('x')\n" % str(marker))
+    assert main(_fuse_args(remote, tmp / "o1", "--max-steps", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "custom code" in err and "--trust-remote-code" in err, err
+    assert not marker.exists()
+
+    pickled = tmp / "pickled-model"
+    pickled.mkdir()
+    shutil.copy(model_dir / "config.json", pickled / "config.json")
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(model_dir / "model.safetensors")), pickled / "pytorch_model.bin")
+    assert main(_fuse_args(pickled, tmp / "o2", "--max-steps", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--allow-pickle" in err, err
+    assert main(_fuse_args(pickled, tmp / "o3", "--max-steps", "1", "--allow-pickle", "--json")) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["global_step"] == 1

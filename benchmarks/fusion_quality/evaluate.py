@@ -74,7 +74,8 @@ def evaluate(bench: Bench, model_dir: Path, tok, texts: Sequence[str], key: Any)
         from transformers import LlamaForCausalLM
 
         device = torch_setup(cfg)
-        model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+        model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True,
+                                             trust_remote_code=False).to(device).eval()
         encs = [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(list(texts), add_special_tokens=False)]
         order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
         total, count = 0.0, 0

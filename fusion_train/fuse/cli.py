@@ -12,6 +12,7 @@ import dataclasses
 import json
 from typing import Any, Dict, List, Sequence
 
+from fusion_train.cli_args import dataclass_parent as _dataclass_parent
 from tokalign.errors import TokalignError
 
 __all__ = ["register", "run", "build_config"]
@@ -36,7 +37,8 @@ The output directory must be empty unless --overwrite-output-dir or --resume-fro
 """
 
 # flags we define ourselves (not TrainingArguments fields)
-_OWN_DESTS = ("model", "pivot_store", "teacher_store", "teacher_name", "overwrite_output_dir", "model_dtype", "json")
+_OWN_DESTS = ("model", "pivot_store", "teacher_store", "teacher_name", "overwrite_output_dir", "model_dtype", "json",
+              "trust_remote_code", "allow_pickle")
 _FUSION_FIELDS = (
     "lambda_sft",
     "fusion",
@@ -50,20 +52,6 @@ _FUSION_FIELDS = (
     "max_length",
     "pad_to_multiple_of",
 )
-
-
-def _dataclass_parent(title: str, fields: Sequence[dataclasses.Field], hints: Dict[str, Any]):
-    """An ``HfArgumentParser`` (no -h) holding ``fields`` of FusionConfig in an argument group ``title``, to be
-    a ``parents=`` entry of the subcommand: transformers' own flag spelling, without its private helpers."""
-    from transformers import HfArgumentParser
-
-    # a dataclass view of the fields; copies, since HfArgumentParser rewrites field.type in place
-    view = dataclasses.make_dataclass(
-        "FusionConfigFlags", [(f.name, hints[f.name], dataclasses.field(
-            default=f.default, default_factory=f.default_factory, metadata=f.metadata)) for f in fields]
-    )
-    view._argument_group_name = title
-    return HfArgumentParser(view, add_help=False)
 
 
 def _own_flags() -> argparse.ArgumentParser:
@@ -96,6 +84,10 @@ def _own_flags() -> argparse.ArgumentParser:
         action="store_true",
         help="write into a non-empty --output-dir (existing files are not deleted)",
     )
+    io.add_argument("--trust-remote-code", action="store_true",
+                    help="run the model repository's own code (config.json auto_map); only for code you trust")
+    io.add_argument("--allow-pickle", action="store_true",
+                    help="load a model folder with only pickled weights (pytorch_model.bin); safetensors otherwise")
     io.add_argument("--json", action="store_true", help="print the final summary as JSON")
     return parser
 
@@ -154,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         raise TokalignError("--output-dir is required")
     config = build_config(args)
     summary = fuse(config, args.model, args.pivot_store, args.teacher_store, teacher_names=args.teacher_name,
-                   model_dtype=args.model_dtype, overwrite_output_dir=args.overwrite_output_dir)
+                   model_dtype=args.model_dtype, overwrite_output_dir=args.overwrite_output_dir,
+                   trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     if config.process_index == 0:
         print(json.dumps(summary, default=str) if args.json else summary_line(summary))
     return 0

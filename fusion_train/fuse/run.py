@@ -62,13 +62,13 @@ def _model_fingerprint(model_dir: Optional[str]) -> Optional[str]:
     return load_tokenizer(str(path)).fingerprint
 
 
-def _load_processing_class(model_dir: Optional[str]):
+def _load_processing_class(model_dir: Optional[str], trust_remote_code: bool):
     if not model_dir:
         return None
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(model_dir)
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001 - a model directory without a tokenizer is fine for training
         return None
 
@@ -106,6 +106,8 @@ def run(
     model_dtype: str = "float32",
     overwrite_output_dir: bool = False,
     processing_class: Any = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> Dict[str, Any]:
     """Train the pivot model on ``lambda_sft * SFT + (1 - lambda_sft) * fusion`` (docs/fuse.md).
 
@@ -119,14 +121,19 @@ def run(
             (:class:`fusion_train.fuse.data.StoreReader`); the teachers are remapped to the pivot vocabulary.
         teacher_names: the teachers' names in logs (default: each store's file name).
         processing_class: saved with the model (default: the model directory's tokenizer, if any).
+        trust_remote_code: run the model repository's own code (config/model/tokenizer); off by default, and a
+            model that needs it is refused with one line instead of a prompt.
+        allow_pickle: load a model folder with only pickled weights (``pytorch_model.bin``); safetensors only
+            by default (:func:`tokalign.models.load_causal_lm`).
 
     Returns the summary also written to ``output_dir/fuse_summary.json`` (by the main process):
     output_dir, global_step, train_loss, samples, skipped_samples, teachers, last_log, resumed_from.
     Raises :class:`TokalignError` on bad input, before the weights are loaded where it can.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from tokalign.models import load_causal_lm, refuse_remote_code
 
     from .data import FusionDataset
     from .trainer import FusionTrainer
@@ -157,8 +164,10 @@ def run(
 
     # cheap checks (stores, vocabulary) before the weights are loaded
     if model_dir is not None:
+        if not trust_remote_code:
+            refuse_remote_code(Path(model_dir), model_dir)  # one line instead of transformers' [y/N] prompt
         try:
-            model_config = AutoConfig.from_pretrained(model_dir)
+            model_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise TokalignError("cannot load --model %s: %s" % (model_dir, _first_line(exc))) from exc
     else:
@@ -175,18 +184,15 @@ def run(
     )
 
     if model_dir is not None:
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[
-            model_dtype
-        ]
-        try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise TokalignError("cannot load --model %s: %s" % (model_dir, _first_line(exc))) from exc
+        # on the CPU: the Trainer places it (one device, DDP, DeepSpeed ...)
+        model, _ = load_causal_lm(model_dir, dtype=model_dtype, device="cpu", trust_remote_code=trust_remote_code,
+                                  allow_pickle=allow_pickle)
     trainer = FusionTrainer(
         model=model,
         args=config,
         train_dataset=dataset,
-        processing_class=processing_class if processing_class is not None else _load_processing_class(tokenizer_dir),
+        processing_class=(processing_class if processing_class is not None
+                          else _load_processing_class(tokenizer_dir, trust_remote_code)),
     )
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir))
