@@ -7,7 +7,14 @@ import sys
 
 from tokalign.cli.common import dispatch, register_modules
 
-SUBCOMMANDS = {"fuse": "fusion_train.fuse.cli", "merge": "fusion_train.merge.cli"}
+SUBCOMMANDS = {
+    "fuse": "fusion_train.fuse.cli",
+    "merge": "fusion_train.merge.cli",
+    "sft": "fusion_train.preference.cli_sft",
+    "dpo": "fusion_train.preference.cli_dpo",
+    "wrpo": "fusion_train.preference.cli_wrpo",
+    "crlft": "fusion_train.preference.cli_crlft",
+}
 
 EPILOG = """examples:
   fusion-train fuse --model pivot/ --pivot-store pivot.zarr --teacher-store src.zarr --output-dir target/
