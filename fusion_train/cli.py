@@ -10,6 +10,9 @@ from tokalign.cli.common import dispatch, register_modules
 SUBCOMMANDS = {
     "fuse": "fusion_train.fuse.cli",
     "merge": "fusion_train.merge.cli",
+    "sample": "fusion_train.implicit.cli.sample",
+    "score": "fusion_train.implicit.cli.score",
+    "build-pairs": "fusion_train.implicit.cli.build_pairs",
     "sft": "fusion_train.preference.cli_sft",
     "dpo": "fusion_train.preference.cli_dpo",
     "wrpo": "fusion_train.preference.cli_wrpo",
