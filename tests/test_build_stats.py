@@ -166,3 +166,15 @@ def test_nothing_aligned_is_an_error(tmp_path, tokenizers_dir, capsys):
     assert _cli("build-stats", *common, "--corpus", users, "--assistant-only", "--allow-empty",
                 "--out", tmp_path / "s") == 0
     assert json.loads((tmp_path / "s" / "meta.json").read_text())["items"] == 0
+
+
+def test_merge_stats_out_is_never_an_input(small_corpus, tmp_path, tokenizers_dir, capsys):
+    base = ["--tokenizer-dir", tokenizers_dir, "--corpus", small_corpus, "--no-progress"]
+    for i in range(2):
+        assert _cli("build-stats", "--pivot", "openchat", "--source", "internlm2", *base, "--shard", f"{i}/2",
+                    "--out", tmp_path / f"s{i}") == 0
+    before = (tmp_path / "s0" / "stats.npz").read_bytes()
+    capsys.readouterr()
+    assert _cli("merge-stats", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "s0", "--overwrite") == 2
+    assert "is the input stats folder" in capsys.readouterr().err
+    assert (tmp_path / "s0" / "stats.npz").read_bytes() == before

@@ -69,3 +69,33 @@ def test_plot_without_matplotlib_is_one_line(built, tokenizers_dir, monkeypatch,
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "tokalign[plot]" in err, err
     assert not (built / "nofig.png").exists()
+
+
+def test_vocab_map_out_rules(built, tmp_path, tokenizers_dir, capsys):
+    """vocab-map never writes into its --stats input, never replaces a folder silently, and --overwrite
+    replaces only an earlier map; each refusal is one line."""
+    common = ["--pivot", "openchat", "--source", "internlm2", "--tokenizer-dir", str(tokenizers_dir)]
+    stats = built / "stats"
+    before = {p.name: p.read_bytes() for p in stats.iterdir()}
+
+    def refused(*extra, needle):
+        capsys.readouterr()
+        assert main(["vocab-map", *common, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+
+    refused("--method", "ms", "--stats", str(stats), "--out", str(stats), needle="is the input --stats")
+    refused("--method", "ms", "--stats", str(stats), "--out", str(stats / "sub"), needle="lies inside the input")
+    assert {p.name: p.read_bytes() for p in stats.iterdir()} == before
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    refused("--method", "em", "--out", str(afile), needle="not a directory")
+    out = tmp_path / "m"
+    assert main(["vocab-map", *common, "--method", "em", "--out", str(out)]) == 0
+    refused("--method", "em", "--out", str(out), needle="not empty")
+    assert main(["vocab-map", *common, "--method", "em", "--out", str(out), "--overwrite"]) == 0
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    refused("--method", "em", "--out", str(user), "--overwrite", needle="not an earlier vocab map")
+    assert (user / "notes.txt").read_text() == "mine"

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -107,6 +107,27 @@ def read_json(path: str | os.PathLike) -> dict:
             return json.load(f)
     except json.JSONDecodeError as exc:
         raise TokalignError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+
+
+def refuse_output_over_inputs(out: str | os.PathLike, inputs: Iterable[Tuple[str, object]]) -> Path:
+    """``out`` (resolved) must not be, contain or lie inside an input folder/file: publishing an output replaces
+    it wholesale, which would delete the input or the folder holding it. ``inputs``: (label, path) pairs; None
+    and paths that do not exist (hub ids, URLs) are skipped. Returns the resolved ``out``."""
+    out = Path(out).resolve()
+    for label, spec in inputs:
+        if spec is None or not isinstance(spec, (str, os.PathLike)) or not Path(spec).exists():
+            continue
+        path = Path(spec).resolve()
+        if out == path:
+            how = "is"
+        elif out in path.parents:
+            how = "contains"
+        elif path in out.parents:
+            how = "lies inside"
+        else:
+            continue
+        raise TokalignError("--out %s %s the input %s (%s); choose a folder outside every input" % (out, how, label, path))
+    return out
 
 
 def prepare_out_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:

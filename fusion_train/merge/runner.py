@@ -39,6 +39,7 @@ from fusion_train.merge.config import MergeConfig
 from fusion_train.merge.dtypes import DType, from_float32, parse_dtype, to_float32
 from fusion_train.merge.io import CheckpointReader, ShardWriter, copy_side_files, plan_shards, write_index
 from fusion_train.merge.registry import MergeMethod, TensorTask, layer_of
+from tokalign.artifacts import refuse_output_over_inputs
 from tokalign.errors import TokalignError
 
 VOCAB_POLICIES = ("refuse", "truncate")
@@ -220,24 +221,6 @@ def _fingerprint(cfg: MergeConfig, opts: MergeOptions, readers: List[CheckpointR
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _check_not_an_input(out: Path, inputs: List[Tuple[str, Optional[str]]]) -> None:
-    """``out`` must not be, contain or lie inside an input model folder: publishing replaces ``out``
-    wholesale, which would delete the input (or the folder holding it)."""
-    for label, spec in inputs:
-        if spec is None or not Path(spec).exists():
-            continue  # hub ids / missing paths are reported by the reader
-        path = Path(spec).resolve()
-        if out == path:
-            how = "is"
-        elif out in path.parents:
-            how = "contains"
-        elif path in out.parents:
-            how = "lies inside"
-        else:
-            continue
-        raise TokalignError("--out %s %s the input %s (%s); choose a folder outside every input" % (out, how, label, path))
-
-
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise TokalignError("%s: exists and is not a folder" % out)
@@ -255,8 +238,9 @@ def run_merge(cfg: MergeConfig, out: Path | str, opts: Optional[MergeOptions] = 
     opts = opts or MergeOptions()
     if opts.vocab_policy not in VOCAB_POLICIES:
         raise TokalignError("--vocab-policy: must be one of %s, got %r" % (", ".join(VOCAB_POLICIES), opts.vocab_policy))
-    out = Path(out).resolve()  # "." or "x/.." have no usable name for the temp folder beside them
-    _check_not_an_input(out, [("base_model", cfg.base)] + [("models[%d]" % j, m.path) for j, m in enumerate(cfg.models)])
+    # resolved: "." or "x/.." have no usable name for the temp folder beside them
+    out = refuse_output_over_inputs(out, [("base_model", cfg.base)] +
+                                    [("models[%d]" % j, m.path) for j, m in enumerate(cfg.models)])
     _prepare_out(out, opts.overwrite)
     t0 = time.perf_counter()
     method_cls = cfg.method_class()

@@ -18,12 +18,13 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..artifacts import prepare_out_dir
+    from ..artifacts import prepare_out_dir, refuse_output_over_inputs
     from ..stats import MappingStats, merge_stats
 
-    prepare_out_dir(args.out, args.overwrite)
+    out = refuse_output_over_inputs(args.out, [("stats folder", d) for d in args.dirs])
+    prepare_out_dir(out, args.overwrite)
     merged = merge_stats(MappingStats.load(d) for d in args.dirs)
-    merged.save(args.out, overwrite=args.overwrite)
+    merged.save(out, overwrite=args.overwrite)
     if args.json:
         print_json(dict(merged.meta, out=str(args.out)))
     else:

@@ -52,7 +52,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="native threads (default: all)")
     p.add_argument("--tokenizer-dir", metavar="DIR", default=None, help="folder holding tokenizer aliases")
     p.add_argument("--trust-remote-code", action="store_true", help="allow tokenizer code from the hub (off by default)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier vocab map in --out")
     p.add_argument("--json", action="store_true", help="print meta.json (coverage etc.) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -75,6 +76,20 @@ def method_options(method: Any, args: argparse.Namespace) -> Dict[str, Any]:
     return method.options_from_cli({o.dest: getattr(args, o.dest) for o in method.cli_options})
 
 
+def _check_out(args: argparse.Namespace):
+    """--out is never an input (the --stats folder) nor anything but a new/empty folder, or, with --overwrite,
+    an earlier vocab map: the map replaces --out wholesale."""
+    from ..artifacts import prepare_out_dir, refuse_output_over_inputs
+    from ..vocab.vocab_map import MAP_FILES
+
+    out = refuse_output_over_inputs(args.out, [("--stats", args.stats)])
+    prepare_out_dir(out, args.overwrite)
+    if out.is_dir() and any(p.name not in MAP_FILES for p in out.iterdir()):
+        raise TokalignError("%s: not empty and not an earlier vocab map; --overwrite only replaces a vocab map: "
+                            "choose a new or empty folder" % out)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import tokalign
 
@@ -83,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     method = registry.get_method(args.method)
     options = method_options(method, args)
+    out = _check_out(args)  # before the (possibly long) build
     started = time.time()
     load = lambda name: tokalign.load_tokenizer(  # noqa: E731
         name, tokenizer_dir=args.tokenizer_dir, trust_remote_code=args.trust_remote_code
@@ -95,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         options.update(stats=stats.matrix, stats_meta=stats.meta)
     vm = method.build(pivot, source, **options)
     vm.meta["elapsed_s"] = round(time.time() - started, 3)
-    vm.save(args.out)
+    vm.save(out, overwrite=True)  # _check_out allowed only an empty folder or, with --overwrite, an earlier map
     cov = vm.meta["coverage"]
     if args.json:
         print(json.dumps(vm.meta, indent=2, sort_keys=True, ensure_ascii=False))

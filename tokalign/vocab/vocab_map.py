@@ -33,6 +33,7 @@ FORMAT = "tokalign.vocab_map"
 FORMAT_VERSION = 1
 
 MAP_FILE, ARRAYS_FILE, META_FILE = "map.npz", "arrays.npz", "meta.json"
+MAP_FILES = (MAP_FILE, ARRAYS_FILE, META_FILE)  # everything a saved map folder holds
 
 # Why each source row holds what it holds (``VocabMap.origin``, int8). Codes are part of the on-disk
 # format: once used, a code keeps its meaning. The codes any method may write are listed here; a method
@@ -193,7 +194,7 @@ class VocabMap:
         """
         d = Path(directory)
         if d.is_dir() and not overwrite:
-            overwrite = all(p.name in (MAP_FILE, ARRAYS_FILE, META_FILE) for p in d.iterdir())
+            overwrite = all(p.name in MAP_FILES for p in d.iterdir())
         matrix = sp.csr_matrix(self.matrix, dtype=np.float32)
         n = matrix.shape[0]
         distances = self.distances if self.distances is not None else np.full(n, -1, dtype=np.int32)
