@@ -20,7 +20,7 @@ from tokalign.errors import TokalignError
 
 from .data import PreferenceCollator, PreferenceDataset
 
-__all__ = ["FORMAT", "default_path", "model_fingerprint", "compute_reference_logps", "load_or_compute"]
+__all__ = ["FORMAT", "default_path", "model_fingerprint", "compute_reference_logps", "check_file", "load_or_compute"]
 
 FORMAT = "fusion-train-ref-logps/1"
 
@@ -74,6 +74,20 @@ def _read(path: Path) -> dict:
     return data
 
 
+def check_file(path, dataset: PreferenceDataset) -> None:
+    """Refuse an existing reference file computed for other data (one line); nothing when it is absent."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = _read(path)
+    fingerprint = dataset.fingerprint()
+    if data.get("data_fingerprint") != fingerprint or len(data.get("logps", [])) != len(dataset):
+        raise TokalignError(
+            "%s was computed for other data (%s rows, fingerprint %s…; this data: %d rows, %s…; another file, "
+            "tokenizer or max_length): delete it or pass another --ref-logps" % (
+                path, data.get("rows"), str(data.get("data_fingerprint"))[:12], len(dataset), fingerprint[:12]))
+
+
 def load_or_compute(model, dataset: PreferenceDataset, path, *, batch_size: int = 8, device: Any = None,
                     pad_token_id: int = 0, process_index: int = 0, num_processes: int = 1) -> dict:
     """Attach reference log-probs to ``dataset``: read ``path`` if it exists (refused when computed for other
@@ -85,12 +99,8 @@ def load_or_compute(model, dataset: PreferenceDataset, path, *, batch_size: int 
     fingerprint = dataset.fingerprint()
     mfp = model_fingerprint(model)
     if path.exists():
+        check_file(path, dataset)
         data = _read(path)
-        if data.get("data_fingerprint") != fingerprint or len(data.get("logps", [])) != len(dataset):
-            raise TokalignError(
-                "%s was computed for other data (%s rows, fingerprint %s…; this data: %d rows, %s…; another file, "
-                "tokenizer or max_length): delete it or pass another --ref-logps" % (
-                    path, data.get("rows"), str(data.get("data_fingerprint"))[:12], len(dataset), fingerprint[:12]))
         if data.get("model_fingerprint") != mfp:
             raise TokalignError("%s was computed with another starting model (%s): delete it or pass another "
                                 "--ref-logps" % (path, data.get("model")))

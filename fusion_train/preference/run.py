@@ -21,7 +21,7 @@ from tokalign.errors import TokalignError
 if TYPE_CHECKING:
     from .config import CRLFTConfig, PreferenceConfig, SFTConfig
 
-__all__ = ["run_sft", "run_preference", "run_crlft", "summary_line", "load_model_and_tokenizer"]
+__all__ = ["run_sft", "run_preference", "run_crlft", "summary_line", "load_tokenizer", "load_model"]
 
 
 def _check_output(config, overwrite_output_dir: bool) -> Optional[str]:
@@ -38,28 +38,31 @@ def _check_output(config, overwrite_output_dir: bool) -> Optional[str]:
     return resume
 
 
-def load_model_and_tokenizer(model: Union[str, "os.PathLike[str]", Any], tokenizer: Any = None, *,
-                             model_dtype: str = "float32", trust_remote_code: bool = False) -> Tuple[Any, Any]:
-    """``(model, tokenizer)``: a directory is loaded with :func:`tokalign.dump.load_causal_lm` (safetensors
-    only) and :class:`transformers.AutoTokenizer`; a loaded model needs ``tokenizer``."""
+def load_tokenizer(model: Any, tokenizer: Any = None, *, trust_remote_code: bool = False):
+    """The tokenizer of ``model`` (a directory; a loaded model needs ``tokenizer``), loaded before the weights so
+    that bad data fails in seconds."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if tokenizer is not None:
+        return tokenizer
+    if not isinstance(model, (str, os.PathLike)):
+        raise TokalignError("a loaded model needs its tokenizer (tokenizer=...)")
+    if not Path(model).is_dir():
+        raise TokalignError("--model %s: no such model directory" % model)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise TokalignError("--model %s: no usable tokenizer (%s)" % (model, str(exc).splitlines()[0])) from None
+
+
+def load_model(model: Any, *, model_dtype: str = "float32", trust_remote_code: bool = False):
+    """A directory loaded with :func:`tokalign.dump.load_causal_lm` (safetensors only); a loaded model as is."""
     if isinstance(model, (str, os.PathLike)):
         from tokalign.dump import load_causal_lm
 
-        if not Path(model).exists():
-            raise TokalignError("--model %s: no such model directory" % model)
-        model_dir = str(model)
-        model, _ = load_causal_lm(model_dir, dtype=model_dtype, device="cpu", trust_remote_code=trust_remote_code)
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-            except (OSError, ValueError) as exc:
-                raise TokalignError("--model %s: no usable tokenizer (%s)" % (model_dir, str(exc).splitlines()[0]))
-    if tokenizer is None:
-        raise TokalignError("a loaded model needs its tokenizer (tokenizer=...)")
-    return model, tokenizer
+        model, _ = load_causal_lm(str(model), dtype=model_dtype, device="cpu", trust_remote_code=trust_remote_code)
+    return model
 
 
 def _pad_id(model, tokenizer) -> int:
@@ -95,10 +98,14 @@ def run_preference(config: "PreferenceConfig", model: Any, data, *, tokenizer: A
 
     resume = _check_output(config, overwrite_output_dir)
     rows = read_rows(data, "wrpo" if config.loss == "wrpo" else "pairs")
-    model, tokenizer = load_model_and_tokenizer(model, tokenizer, model_dtype=model_dtype,
-                                                trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model, tokenizer, trust_remote_code=trust_remote_code)
     dataset = PreferenceDataset(rows, ChatEncoder(tokenizer), max_length=config.max_length,
                                 max_prompt_length=config.max_prompt_length)
+    if config.reference == "precomputed":  # a stale reference file is refused before the weights load
+        from .reference import check_file
+
+        check_file(ref_logps or default_path(data), dataset)
+    model = load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code)
     pad_id = _pad_id(model, tokenizer)
     reference: Dict[str, Any] = {"kind": config.reference}
     if config.reference == "precomputed":
@@ -120,11 +127,12 @@ def run_preference(config: "PreferenceConfig", model: Any, data, *, tokenizer: A
     return _finish(trainer, resume, Path(config.output_dir), "wrpo" if config.loss == "wrpo" else "dpo", extra)
 
 
-def _sft(config, model, rows, encoder, weights, *, tokenizer, resume, name, extra) -> Dict[str, Any]:
+def _sft(config, get_model, rows, encoder, weights, *, tokenizer, resume, name, extra) -> Dict[str, Any]:
     from .data import SFTCollator, SFTDataset
     from .trainer import WeightedSFTTrainer
 
     dataset = SFTDataset(rows, encoder, max_length=config.max_length, weights=weights)
+    model = get_model()  # after the data checks: bad data fails before the weights load
     trainer = WeightedSFTTrainer(model=model, args=config, train_dataset=dataset,
                                  data_collator=SFTCollator(_pad_id(model, tokenizer), config.pad_to_multiple_of),
                                  processing_class=tokenizer)
@@ -139,10 +147,10 @@ def run_sft(config: "SFTConfig", model: Any, data, *, tokenizer: Any = None, mod
 
     resume = _check_output(config, overwrite_output_dir)
     rows = read_rows(data, "sft")
-    model, tokenizer = load_model_and_tokenizer(model, tokenizer, model_dtype=model_dtype,
-                                                trust_remote_code=trust_remote_code)
-    return _sft(config, model, rows, ChatEncoder(tokenizer), None, tokenizer=tokenizer, resume=resume, name="sft",
-                extra={"data": str(data)})
+    tokenizer = load_tokenizer(model, tokenizer, trust_remote_code=trust_remote_code)
+    encoder = ChatEncoder(tokenizer)
+    return _sft(config, lambda: load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code),
+                rows, encoder, None, tokenizer=tokenizer, resume=resume, name="sft", extra={"data": str(data)})
 
 
 def run_crlft(config: "CRLFTConfig", model: Any, data, *, tokenizer: Any = None, from_scored: bool = False,
@@ -169,8 +177,8 @@ def run_crlft(config: "CRLFTConfig", model: Any, data, *, tokenizer: Any = None,
         raise TokalignError("--class-weights is required (CLASS=WEIGHT,...; paper: expert 1, sub-optimal 0.1)")
     classes = record_classes(rows, config.class_key)
     check_weights(classes, weights_by_class)
-    model, tokenizer = load_model_and_tokenizer(model, tokenizer, model_dtype=model_dtype,
-                                                trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model, tokenizer, trust_remote_code=trust_remote_code)
+    model = load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code)
     growth = ensure_end_of_turn(tokenizer, model, config.end_of_turn)
     present = sorted(set(classes))
     expert = max(present, key=lambda c: (weights_by_class[c], c))
@@ -184,7 +192,7 @@ def run_crlft(config: "CRLFTConfig", model: Any, data, *, tokenizer: Any = None,
     counts = {c: classes.count(c) for c in present}
     extra = {"data": str(data), "classes": counts, "class_weights": {c: weights_by_class[c] for c in present},
              "expert_class": expert, "placement": config.placement, "vocabulary": growth}
-    return _sft(config, model, rows, lambda row: by_row[id(row)], [weights_by_class[c] for c in classes],
+    return _sft(config, lambda: model, rows, lambda row: by_row[id(row)], [weights_by_class[c] for c in classes],
                 tokenizer=tokenizer, resume=resume, name="crlft", extra=extra)
 
 
