@@ -4,7 +4,9 @@ Each subcommand lives in its own module with ``register(subparsers)``; listed in
 """
 import argparse
 import sys
+from pathlib import Path
 
+from tokalign.cli import parser_cache
 from tokalign.cli.common import dispatch, register_modules
 
 SUBCOMMANDS = {
@@ -43,7 +45,15 @@ def build_parser(only=None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     only = args[0] if args and args[0] in SUBCOMMANDS else None
-    return dispatch(build_parser(only), argv, "fusion-train")
+    # --help and argument errors from the cached copy of the parser, without importing torch (seconds);
+    # a command line that parses goes on to the real parser
+    key = parser_cache.cache_key(only or "*", [Path(__file__).resolve().parent])
+    fast = parser_cache.load(key)
+    if fast is not None:
+        fast.parse_args(args)
+    parser = build_parser(only)
+    parser_cache.save(key, lambda: parser)
+    return dispatch(parser, args, "fusion-train")
 
 
 if __name__ == "__main__":
