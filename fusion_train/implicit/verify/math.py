@@ -48,7 +48,7 @@ def extract_answer(text: str) -> Optional[str]:
         if found:
             answer = found[-1].strip()
             # "The answer is 42. Next ..." -> the first sentence only
-            answer = re.split(r"(?<=[^\d])\.\s|\n", answer)[0].strip().rstrip(".")
+            answer = re.split(r"\.\s|\n", answer)[0].strip().rstrip(".")
             if answer:
                 inner = _boxed(answer)
                 return inner.strip() if inner else answer
