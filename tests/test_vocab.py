@@ -531,3 +531,28 @@ def test_cli_vocab_map_mined_and_ms(tmp_path, tokenizers_dir, capsys):
     assert meta["options"]["variant"] == "fusechat" and meta["stats"]["source_seen"] == 2
     vm = V.load(out)
     assert vm.top1()[10] == 10 and vm.top1()[12] == 11 and vm.origin[100] == 6
+
+
+def test_vocab_map_load_refuses_swaps_and_out_of_range_ids(tmp_path):
+    """Swapped tokenizers are named as such; a crafted map with pivot ids past its columns, or a shape that
+    disagrees with the recorded vocabularies, is refused when loaded, naming the map."""
+    pivot = FakeTok([b"<s>", b"ab", b"cd"], {0: "bos"}, name="p")
+    source = FakeTok([b"<s>", b"ab", b"ce", b"zzzz"], {0: "bos"}, name="s")
+    out = V.mined(pivot, source, top_n=2).save(tmp_path / "m")
+    with pytest.raises(TokalignError, match="pivot and source are swapped"):
+        V.load(out, expect_pivot=source, expect_source=pivot)
+    with np.load(out / "map.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["indices"] = arrays["indices"].copy()
+    arrays["indices"][0] = 7  # past the 3 pivot ids
+    np.savez(out / "map.npz", **arrays)
+    with pytest.raises(TokalignError, match=r"map.npz: not a readable sparse .npz \(indices must be < 3\)"):
+        V.load(out)
+    meta = json.loads((out / "meta.json").read_text())
+    arrays["indices"][0] = 1
+    arrays["shape"] = np.array([4, 9])
+    np.savez(out / "map.npz", **arrays)
+    meta["shape"] = [4, 9]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TokalignError, match="9 pivot ids but meta.json says the pivot tokenizer has 3"):
+        V.load(out)

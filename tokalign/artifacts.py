@@ -84,7 +84,10 @@ def load_sparse_npz(path: str | os.PathLike) -> sp.csr_matrix:
             if fmt != "csr":
                 raise TokalignError(f"{path}: expected a CSR matrix, found format {fmt!r}")
             shape = tuple(int(x) for x in z["shape"])
-            return sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
+            m = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
+            # the constructor checks lengths only: a crafted file could hold ids past the matrix's columns
+            m.check_format(full_check=True)
+            return m
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise TokalignError(f"{path}: not a readable sparse .npz ({exc})") from exc
 

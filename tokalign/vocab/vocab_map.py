@@ -237,13 +237,22 @@ class VocabMap:
             want = _fingerprint_of(expected)
             have = (meta.get(side) or {}).get("fingerprint")
             if want is not None and have != want:
+                other = "source" if side == "pivot" else "pivot"
+                swapped = want == (meta.get(other) or {}).get("fingerprint")
                 raise TokalignError(
-                    "%s: vocab map was built for %s tokenizer fingerprint %s, but the %s tokenizer given has fingerprint %s"
-                    % (d, side, have, side, want)
-                )
+                    "%s: vocab map was built for %s tokenizer %s (fingerprint %s), but the %s tokenizer given has "
+                    "fingerprint %s%s" % (d, side, (meta.get(side) or {}).get("name") or "?", have, side,
+                                          want, "; that is the map's %s tokenizer: pivot and source are "
+                                          "swapped" % other if swapped else ""))
         matrix = load_sparse_npz(d / MAP_FILE)
         if list(matrix.shape) != list(meta.get("shape", [])):
             raise TokalignError("%s: matrix shape %s does not match meta.json field 'shape' %s" % (d, matrix.shape, meta.get("shape")))
+        # ids past the tokenizers' vocabularies would index out of range in every later stage
+        for axis, side in ((0, "source"), (1, "pivot")):
+            size = (meta.get(side) or {}).get("vocab_size")
+            if size is not None and int(size) != matrix.shape[axis]:
+                raise TokalignError("%s: the map has %d %s ids but meta.json says the %s tokenizer has %s"
+                                    % (d / MAP_FILE, matrix.shape[axis], side, side, size))
         distances = origin = None
         arrays_path = d / ARRAYS_FILE
         if arrays_path.is_file():
