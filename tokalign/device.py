@@ -9,11 +9,12 @@ Set ``TOKALIGN_DEVICE_INDEX`` to pick another GPU than 0 (or use ``CUDA_VISIBLE_
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Any, Optional, Tuple
 
+from ._native import load
 from .errors import TokalignError
+from .settings import get_int
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -23,13 +24,9 @@ __all__ = ["DEVICES", "cuda_available", "cuda_module", "device_index", "resolve_
 @lru_cache(maxsize=1)
 def _probe() -> Tuple[Optional[Any], str]:
     """(module, "") when usable, else (module or None, reason). Cached: the answer does not change."""
-    try:
-        from . import _cuda  # type: ignore[attr-defined]
-    except ImportError as exc:
-        return None, ("tokalign._cuda is not built (no nvcc at install time, or TOKALIGN_CUDA=0; "
-                      "reinstall with nvcc on PATH): %s" % exc)
-    except OSError as exc:  # a broken shared object
-        return None, "tokalign._cuda failed to load: %s" % exc
+    _cuda, reason = load("_cuda")
+    if _cuda is None:  # not built, or a broken shared object: the reason says which and how to fix it
+        return None, reason
     info = _cuda.device_info()
     if int(info.get("count", 0)) < 1:
         return _cuda, "no usable CUDA device (%s)" % (info.get("error") or "none visible")
@@ -41,11 +38,7 @@ def _probe() -> Tuple[Optional[Any], str]:
 
 def device_index() -> int:
     """The CUDA device the kernels use (``$TOKALIGN_DEVICE_INDEX``, default 0)."""
-    raw = os.environ.get("TOKALIGN_DEVICE_INDEX", "0")
-    try:
-        return int(raw)
-    except ValueError:
-        raise TokalignError("TOKALIGN_DEVICE_INDEX must be an integer, got %r" % raw) from None
+    return int(get_int("TOKALIGN_DEVICE_INDEX"))
 
 
 def cuda_available() -> Tuple[bool, str]:

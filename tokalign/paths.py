@@ -2,19 +2,19 @@
 
 ``TOKALIGN_SHARED`` overrides the default ``../shared`` relative to the repository root.
 """
-import os
 from pathlib import Path
+
+from .settings import get_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def shared_dir() -> Path:
-    env = os.environ.get("TOKALIGN_SHARED")
-    return Path(env) if env else (REPO_ROOT.parent / "shared")
+    return get_path("TOKALIGN_SHARED") or (REPO_ROOT.parent / "shared")
 
 
 def shared_tokenizers() -> Path:
-    return Path(os.environ.get("TOKALIGN_TOKENIZER_DIR") or shared_dir() / "tokenizers")
+    return get_path("TOKALIGN_TOKENIZER_DIR") or shared_dir() / "tokenizers"
 
 
 def shared_corpora() -> Path:

@@ -23,12 +23,13 @@ environment switches the kernels off (torch path). Threads: :func:`set_num_threa
 """
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Sequence
 
 import numpy as np
 
 from fusion_train.merge import rng
+from tokalign._native import load
+from tokalign.settings import get_bool
 
 KEEP_ALL, DROP_ALL, MAGNITUDE, RANDOM = 0, 1, 2, 3  # csrc/include/tokalign/merge.h: Sparsify
 SPARSIFY_KINDS = ("none", "magnitude", "random")
@@ -36,16 +37,14 @@ _threads = {"n": 0}  # set_num_threads; 0 = OpenMP's default
 
 
 def _core():
-    try:
-        from tokalign import _core
-    except ImportError:
-        return None
-    return _core if hasattr(_core, "merge_gta") else None
+    """``tokalign._core`` when built with the merge kernels, else None (the torch path runs instead)."""
+    core, _ = load("_core")
+    return core if hasattr(core, "merge_gta") else None
 
 
 def enabled() -> bool:
     """The native kernels are built and not switched off by ``TOKALIGN_MERGE_NATIVE=0``."""
-    return os.environ.get("TOKALIGN_MERGE_NATIVE", "1") != "0" and _core() is not None
+    return get_bool("TOKALIGN_MERGE_NATIVE") and _core() is not None
 
 
 def set_num_threads(n: int) -> None:

@@ -44,17 +44,19 @@ unaligned); no error is raised, so corpus-level batches do not stop on one empty
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import _core
+from .._native import _core, call
 from ..errors import TokalignError
 
 __all__ = ["Alignment", "TokenTable", "dtw", "span", "batch", "KINDS"]
 
 KINDS = ("1:1", "1:n", "n:1", "n:m")
 _TIE_BREAKS = {"fusechat": 0, "pivot_first": 0, "source_first": 1}
+_call = partial(call, what="align")  # a _core call whose input errors become TokalignError("align: ...")
 
 
 
@@ -163,14 +165,6 @@ def _band_code(band: BandArg) -> int:
     if isinstance(band, (int, np.integer)) and not isinstance(band, bool) and band > 0:
         return int(band)
     raise TokalignError("align: band must be None, 'auto' or a positive int (initial radius), got %r" % (band,))
-
-
-def _call(fn, *args):
-    """Runs a _core function, turning input errors into TokalignError."""
-    try:
-        return fn(*args)
-    except (ValueError, TypeError) as exc:
-        raise TokalignError("align: %s" % exc) from None
 
 
 def _cells_code(max_cells: Optional[int]) -> int:

@@ -15,8 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import _core
-from .._native import cuda_call as _cuda_call
+from .._native import _core, call
 from ..device import cuda_module, device_index
 from ..errors import TokalignError
 
@@ -34,7 +33,7 @@ def _device_table(table: Any, mod: Any) -> Any:
     if tokens is None:
         raise TokalignError("device='cuda' needs token tables built with tokalign.align.TokenTable "
                             "(a bare tokalign._core.TokenTable does not keep its strings)")
-    cached = _cuda_call(mod.DtwTable, tokens, getattr(table, "weights", None))
+    cached = call(mod.DtwTable, tokens, getattr(table, "weights", None), what="cuda")
     table._cuda_table = cached
     return cached
 
@@ -49,14 +48,14 @@ def dtw_batch(pivot_table: Any, pivot_ids: Sequence[np.ndarray], source_table: A
     that were not the optimum).
     ``emulate=True`` runs the kernel's code on the host (tests without a GPU)."""
     if emulate:  # no device needed: only the extension
-        from .. import _cuda as mod  # type: ignore[attr-defined]
+        from .._native import _cuda as mod
     else:
         mod = cuda_module()
     gp, gs = _device_table(pivot_table, mod), _device_table(source_table, mod)
     pids = [np.ascontiguousarray(a, dtype=np.int32) for a in pivot_ids]
     sids = [np.ascontiguousarray(a, dtype=np.int32) for a in source_ids]
-    results, stats = _cuda_call(mod.dtw_batch, gp, pids, gs, sids, int(tie), int(band), device_index(),
-                                int(max_cells), bool(emulate))
+    results, stats = call(mod.dtw_batch, gp, pids, gs, sids, int(tie), int(band), device_index(),
+                          int(max_cells), bool(emulate), what="cuda")
     stats = dict(stats)
     if int(band) >= 0:
         results = _settle_on_device(mod, gp, pids, gs, sids, results, stats, int(tie), int(max_cells), bool(emulate))
@@ -93,8 +92,8 @@ def _settle_on_device(mod: Any, gp: Any, pids: List[np.ndarray], gs: Any, sids: 
     stats.update(band_kernel_ms=float(stats.get("kernel_ms", 0.0)), verify_kernel_ms=0.0, verify_replaced=0)
     if not banded:
         return results
-    full, fstats = _cuda_call(mod.dtw_batch, gp, [pids[k] for k in banded], gs, [sids[k] for k in banded], tie, -1,
-                              device_index(), max_cells, emulate)
+    full, fstats = call(mod.dtw_batch, gp, [pids[k] for k in banded], gs, [sids[k] for k in banded], tie, -1,
+                        device_index(), max_cells, emulate, what="cuda")
     out = list(results)
     for k, f in zip(banded, full):
         cand = results[k]

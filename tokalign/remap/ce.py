@@ -37,8 +37,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import TokalignError
-
 #: value of the output store's ``options["ce_definition"]``
 CE_DEFINITION = "source_nll_by_group"
 #: optional per-position extra of the output: the CE under the stored remapped distribution (diagnostic)
@@ -57,18 +55,14 @@ def source_nll_by_group(source_ce: np.ndarray, source_offsets: np.ndarray, group
     C++ (``_core.source_nll_by_group``, OpenMP over sequences, one pass); each group's NLL is a float64 sum.
     Raises TokalignError when the groups do not cover both sequences' tokens.
     """
-    from .._core import source_nll_by_group as native
+    from .._native import _core, call
 
     def as_int64(x: Any) -> np.ndarray:
         return np.ascontiguousarray(x, np.int64)
 
     lse = None if source_lse is None else np.ascontiguousarray(source_lse, np.float32)
-    try:
-        return native(np.ascontiguousarray(source_ce, np.float32), as_int64(source_offsets),
-                      as_int64(groups).reshape(-1, 4), as_int64(group_offsets), as_int64(pivot_offsets), lse,
-                      int(threads))
-    except ValueError as exc:
-        raise TokalignError(str(exc)) from None
+    return call(_core.source_nll_by_group, np.ascontiguousarray(source_ce, np.float32), as_int64(source_offsets),
+                as_int64(groups).reshape(-1, 4), as_int64(group_offsets), as_int64(pivot_offsets), lse, int(threads))
 
 
 def wants_remap_ce(writer: Any) -> bool:

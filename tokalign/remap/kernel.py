@@ -230,7 +230,7 @@ def remap_batch(
     Raises:
         TokalignError: malformed groups / offsets / ids, or an unknown policy.
     """
-    from .._core import remap_topk
+    from .._native import _core, call
 
     inside_code = _policy_code(inside, INSIDE_POLICIES, "inside")
     otm_code = _policy_code(one_to_many, ONE_TO_MANY_POLICIES, "one_to_many")
@@ -247,30 +247,28 @@ def remap_batch(
     if pivot_topk is None and inside == "pivot":
         raise TokalignError("inside='pivot' needs pivot_topk=(ids, logits, lse) of the pivot model")
     pt = (None, None, None) if pivot_topk is None else tuple(pivot_topk)
-    try:
-        out = remap_topk(
-            groups,
-            np.asarray(group_offsets, dtype=np.int64),
-            ids,
-            np.asarray(source_topk_logits),
-            np.asarray(source_lse).reshape(-1),
-            np.asarray(source_offsets, dtype=np.int64),
-            pm.indptr,
-            pm.indices,
-            pm.data,
-            pm.pivot_vocab,
-            np.asarray(pivot_ids),
-            np.asarray(pivot_offsets, dtype=np.int64),
-            pt[0],
-            pt[1],
-            None if pt[2] is None else np.asarray(pt[2]).reshape(-1),
-            int(k_out),
-            inside_code,
-            otm_code,
-            int(num_threads),
-        )
-    except ValueError as exc:
-        raise TokalignError(str(exc)) from exc
+    out = call(
+        _core.remap_topk,
+        groups,
+        np.asarray(group_offsets, dtype=np.int64),
+        ids,
+        np.asarray(source_topk_logits),
+        np.asarray(source_lse).reshape(-1),
+        np.asarray(source_offsets, dtype=np.int64),
+        pm.indptr,
+        pm.indices,
+        pm.data,
+        pm.pivot_vocab,
+        np.asarray(pivot_ids),
+        np.asarray(pivot_offsets, dtype=np.int64),
+        pt[0],
+        pt[1],
+        None if pt[2] is None else np.asarray(pt[2]).reshape(-1),
+        int(k_out),
+        inside_code,
+        otm_code,
+        int(num_threads),
+    )
     n = out["topk_ids"].shape[0]
     return RemapResult(
         topk_ids=out["topk_ids"],

@@ -91,18 +91,14 @@ def align_packed(pivot_bytes: TokenBytes, pivot_ids: np.ndarray, pivot_offsets: 
     Returns (groups int64 [G, 4], group_offsets int64 [S + 1], path uint8 [S]: index into :data:`ALIGN_PATHS`).
     Raises TokalignError naming the sequence ("sequence k: ...") for ids outside a tokenizer.
     """
-    from .._core import remap_align_batch
+    from .._native import _core, call
 
     if tie_break not in _TIE:
         raise TokalignError("tie_break must be one of %s, got %r" % (", ".join(sorted(_TIE)), tie_break))
-    try:
-        return remap_align_batch(pivot_bytes.data, pivot_bytes.offsets, np.ascontiguousarray(pivot_ids, np.int32),
-                                 np.ascontiguousarray(pivot_offsets, np.int64), source_bytes.data,
-                                 source_bytes.offsets, np.ascontiguousarray(source_ids, np.int32),
-                                 np.ascontiguousarray(source_offsets, np.int64), int(max_diff), _TIE[tie_break],
-                                 int(threads))
-    except ValueError as exc:
-        raise TokalignError(str(exc)) from None
+    return call(_core.remap_align_batch, pivot_bytes.data, pivot_bytes.offsets,
+                np.ascontiguousarray(pivot_ids, np.int32), np.ascontiguousarray(pivot_offsets, np.int64),
+                source_bytes.data, source_bytes.offsets, np.ascontiguousarray(source_ids, np.int32),
+                np.ascontiguousarray(source_offsets, np.int64), int(max_diff), _TIE[tie_break], int(threads))
 
 
 def remapped_token_ce_packed(topk_ids: np.ndarray, topk_logits: np.ndarray, retained_mass: np.ndarray,
@@ -111,15 +107,12 @@ def remapped_token_ce_packed(topk_ids: np.ndarray, topk_logits: np.ndarray, reta
     """The ``remap_ce`` diagnostic of concatenated sequences (``offsets`` [S + 1]): -log q(next pivot token) when
     kept, else -log(max(1 - retained mass, 1e-6)); 0 at each sequence's last position and where invalid. C++
     (``_core.remapped_token_ce``, OpenMP over sequences)."""
-    from .._core import remapped_token_ce
+    from .._native import _core, call
 
-    try:
-        return remapped_token_ce(np.ascontiguousarray(topk_ids, np.int32), np.ascontiguousarray(topk_logits, np.float32),
-                                 np.ascontiguousarray(retained_mass, np.float32), np.ascontiguousarray(valid, np.uint8),
-                                 np.ascontiguousarray(input_ids, np.int32), np.ascontiguousarray(offsets, np.int64),
-                                 int(threads))
-    except ValueError as exc:
-        raise TokalignError(str(exc)) from None
+    return call(_core.remapped_token_ce, np.ascontiguousarray(topk_ids, np.int32),
+                np.ascontiguousarray(topk_logits, np.float32), np.ascontiguousarray(retained_mass, np.float32),
+                np.ascontiguousarray(valid, np.uint8), np.ascontiguousarray(input_ids, np.int32),
+                np.ascontiguousarray(offsets, np.int64), int(threads))
 
 
 # ---- the store-to-store remap ------------------------------------------------------------------------------

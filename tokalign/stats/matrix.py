@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import __version__
-from .._core import count_pairs
+from .._native import _core
 from ..artifacts import (atomic_dir, load_npz_arrays, load_sparse_npz, read_json, save_npz_arrays, save_sparse_npz,
                         write_json_atomic)
 from ..errors import TokalignError
@@ -92,7 +92,7 @@ class StatsAccumulator:
         s_off = np.r_[0, np.cumsum([len(x) for x in source_ids])].astype(np.int64)
         g_off = np.r_[0, np.cumsum([len(g) for g in groups])].astype(np.int64)
         all_groups = np.concatenate(groups) if g_off[-1] else np.zeros((0, 4), np.int64)
-        keys, counts = count_pairs(
+        keys, counts = _core.count_pairs(
             np.concatenate(pivot_ids).astype(np.int32, copy=False) if p_off[-1] else np.zeros(0, np.int32),
             p_off,
             np.concatenate(source_ids).astype(np.int32, copy=False) if s_off[-1] else np.zeros(0, np.int32),

@@ -153,7 +153,7 @@ class CanonicalTables:
         :func:`build_tables` derives them here.
         """
         if self._native is None:
-            from .. import _core
+            from .._native import _core
 
             self._native = _core.CanonicalOffsets(self.texts, np.asarray(self.added_mask, dtype=np.uint8),
                                                   self.family.prepend)
@@ -281,7 +281,7 @@ def exact_offsets_batch(texts: Sequence[str], ids: Sequence, tables: CanonicalTa
     int32 id arrays and, per item, the ``[n, 2]`` int64 offsets of :func:`exact_offsets_reference` or None
     where the canonical texts do not add up to the text.
     """
-    from .. import _core
+    from .._native import _core
 
     return _core.exact_offsets_batch(tables.native, texts, ids, inserted=inserted, sequence_ids=sequence_ids)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import TokalignError
+from ..settings import get_path
 from .aliases import Alias, known_aliases, lookup_alias
 from .convert import (is_tekken_json, is_tiktoken_ranks, spm_engine, tekken_engine, tiktoken_engine)
 from .tokenizer import Tokenizer
@@ -75,7 +76,7 @@ def load_tokenizer(name_or_path: PathLike, tokenizer_dir: Optional[PathLike] = N
 # ------------------------------------------------------------------------------------------ aliases
 def _load_alias(alias: Alias, tokenizer_dir: Optional[PathLike], trust_remote_code: bool) -> Tokenizer:
     tried: List[str] = []
-    base = tokenizer_dir if tokenizer_dir is not None else os.environ.get("TOKALIGN_TOKENIZER_DIR")
+    base = tokenizer_dir if tokenizer_dir is not None else get_path("TOKALIGN_TOKENIZER_DIR")
     if base:
         base_path = Path(base).expanduser()
         if not base_path.is_dir():

@@ -32,17 +32,6 @@ _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 ROLE_ORDER = ("bos", "eos", "pad", "unk")
 
 
-def core():
-    """The native module, with a clear message when it was not built."""
-    try:
-        from .. import _core  # type: ignore[attr-defined]
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise TokalignError(
-            "tokalign native core is not built (python setup.py build_ext --inplace): %s" % exc
-        ) from exc
-    return _core
-
-
 def check_tokenizer(tok: Any, what: str) -> None:
     for attr in ("token_texts", "special_mask", "special_ids", "fingerprint", "vocab_size"):
         if not hasattr(tok, attr):
@@ -170,7 +159,9 @@ def top1_distances(vm: VocabMap, pivot_texts: Sequence[bytes], source_texts: Seq
     out = np.full(vm.source_vocab, -1, dtype=np.int32)
     rows = np.flatnonzero(top >= 0)
     if rows.size:
-        d, _ = core().levenshtein_pairs(list(source_texts), list(pivot_texts), rows, top[rows].astype(np.int64))
+        from .._native import _core
+
+        d, _ = _core.levenshtein_pairs(list(source_texts), list(pivot_texts), rows, top[rows].astype(np.int64))
         out[rows] = d
     return out
 

@@ -73,7 +73,9 @@ def search(
         cand = ~C.special_mask(pivot)
         ids, dists, gstats = _mined_cuda(p_texts, cand, C.preference_rank(pivot), s_texts, query, top_n, threads)
         return ids, dists, gstats
-    index = C.core().MinEDIndex(p_texts, ~C.special_mask(pivot), C.preference_rank(pivot))
+    from .._native import _core
+
+    index = _core.MinEDIndex(p_texts, ~C.special_mask(pivot), C.preference_rank(pivot))
     n = len(s_texts)
     ids = np.full((n, top_n), -1, dtype=np.int32)
     dists = np.full((n, top_n), -1, dtype=np.int32)

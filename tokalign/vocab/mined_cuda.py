@@ -11,8 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .. import _core
-from .._native import cuda_call as _cuda_call
+from .._native import _core, call
 from ..device import cuda_module, device_index
 
 __all__ = ["mined_search"]
@@ -31,9 +30,9 @@ def mined_search(pivot_texts: List[bytes], candidate: np.ndarray, rank: np.ndarr
         stats = {k: int(v) for k, v in st.items()}
         stats.update(device="cpu", reason="top_n > %d" % mod.MINED_MAX_TOP_N)
         return ids, dists, stats
-    ids, dists, cpu_rows, st = _cuda_call(mod.mined_search, pivot_texts, np.asarray(candidate, dtype=bool),
-                                          np.asarray(rank, dtype=np.int64), source_texts, query, int(top_n),
-                                          device_index())
+    ids, dists, cpu_rows, st = call(mod.mined_search, pivot_texts, np.asarray(candidate, dtype=bool),
+                                    np.asarray(rank, dtype=np.int64), source_texts, query, int(top_n),
+                                    device_index(), what="cuda")
     stats: Dict[str, Any] = dict(st)
     stats["device"] = "cuda"
     rows = np.flatnonzero(cpu_rows)

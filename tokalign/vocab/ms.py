@@ -83,7 +83,9 @@ def fusechat_scores(pivot: Any, source: Any, s_ids: np.ndarray, p_ids: np.ndarra
     p_raw = [r.replace(p_marker, "") if p_marker else r for r in pivot.raw_tokens()]
     s_raw = [r.replace(s_marker, "") if s_marker else r for r in source.raw_tokens()]
     enc = lambda xs: [x.encode("utf-8", "surrogateescape") for x in xs]  # noqa: E731 - code points survive
-    dist, contains = C.core().levenshtein_pairs(enc(s_raw), enc(p_raw), s_ids.astype(np.int64), p_ids.astype(np.int64))
+    from .._native import _core
+
+    dist, contains = _core.levenshtein_pairs(enc(s_raw), enc(p_raw), s_ids.astype(np.int64), p_ids.astype(np.int64))
     w = np.where(contains, FUSECHAT_SUBSTRING_WEIGHT, 1.0)
     sig = 1.0 / (1 + np.exp(-counts.astype(np.float64)))
     return (dist.astype(np.float64) * w) * sig
