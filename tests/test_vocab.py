@@ -447,7 +447,7 @@ def test_vocab_map_save_is_reproducible_and_atomic(tmp_path):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Registrations made by a test are undone afterwards."""
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry.REGISTRY, "entries", dict(registry.REGISTRY.entries))
     monkeypatch.setattr(V.ORIGINS, "_names", dict(V.ORIGINS._names))
     monkeypatch.setattr(V.ORIGINS, "_owners", dict(V.ORIGINS._owners))
 

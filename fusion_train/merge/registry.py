@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from fusion_train.merge import native
 from tokalign.errors import TokalignError
+from tokalign.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -162,33 +163,23 @@ class MergeMethod:
         return None
 
 
-_METHODS: Dict[str, Type[MergeMethod]] = {}
+REGISTRY: "Registry[Type[MergeMethod]]" = Registry("merge method", BUILTIN)
 
 
 def register(cls: Type[MergeMethod]) -> Type[MergeMethod]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
-    if not cls.name:
-        raise ValueError("merge method %r has no name" % cls)
-    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        raise ValueError("merge method %r registered twice" % cls.name)
-    _METHODS[cls.name] = cls
-    return cls
+    return REGISTRY.add(cls.name, cls)
 
 
 def get_method(name: str) -> Type[MergeMethod]:
     """The method class registered as ``name`` (importing its built-in module if needed);
     TokalignError listing the known names otherwise."""
-    if name not in _METHODS and name in BUILTIN:
-        importlib.import_module(BUILTIN[name])
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise TokalignError("merge_method: unknown method %r (known: %s)" % (name, ", ".join(method_names()))) from None
+    return REGISTRY.get(name, "merge_method: unknown method {name!r} (known: {names})")
 
 
 def method_names() -> List[str]:
     """Names of the built-in and registered methods (imports nothing)."""
-    return sorted(set(BUILTIN) | set(_METHODS))
+    return sorted(REGISTRY.names())
 
 
 def native_on_torch(merge_array: Callable[[TensorTask], Optional[np.ndarray]], task: TensorTask) -> Optional[torch.Tensor]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
 
 from ..errors import TokalignError
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from .vocab_map import VocabMap
@@ -86,39 +87,30 @@ class MapMethod:
         return out
 
 
-_METHODS: Dict[str, Type[MapMethod]] = {}
+REGISTRY: "Registry[Type[MapMethod]]" = Registry("vocab-map method", BUILTIN)
 
 
 def register(cls: Type[MapMethod]) -> Type[MapMethod]:
     """Class decorator: make ``cls`` available under ``cls.name`` and record its origin codes."""
     from .vocab_map import ORIGINS
 
-    if not cls.name:
-        raise ValueError("vocab-map method %r has no name" % cls)
-    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        raise ValueError("vocab-map method %r registered twice" % cls.name)
     bad = [r for r in cls.runtime if r not in RUNTIME_OPTIONS]
     if bad:
         raise ValueError("vocab-map method %r: unknown runtime options %s (known: %s)" % (cls.name, bad, RUNTIME_OPTIONS))
-    ORIGINS.add(cls.origins, owner=cls.name)
-    _METHODS[cls.name] = cls
-    return cls
+    if cls.name and REGISTRY.entries.get(cls.name, cls) is cls:  # origins only for a registration that will stand
+        ORIGINS.add(cls.origins, owner=cls.name)
+    return REGISTRY.add(cls.name, cls)
 
 
 def get_method(name: str) -> Type[MapMethod]:
     """The method class registered as ``name`` (importing its built-in module if needed);
     TokalignError listing the known names otherwise."""
-    if name not in _METHODS and name in BUILTIN:
-        importlib.import_module(BUILTIN[name])
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise TokalignError("unknown vocab-map method %r (choose from %s)" % (name, ", ".join(method_names()))) from None
+    return REGISTRY.get(name)
 
 
 def method_names() -> List[str]:
     """Names of the built-in methods (in :data:`BUILTIN` order), then the other registered ones; imports nothing."""
-    return list(BUILTIN) + sorted(n for n in _METHODS if n not in BUILTIN)
+    return REGISTRY.names()
 
 
 def methods() -> List[Type[MapMethod]]:
@@ -128,8 +120,7 @@ def methods() -> List[Type[MapMethod]]:
 
 def load_builtin() -> None:
     """Import every built-in method module (registering their origin codes)."""
-    for module in BUILTIN.values():
-        importlib.import_module(module)
+    REGISTRY.load_builtin()
 
 
 def cli_options() -> Dict[str, Tuple[CliOption, List[str]]]:
