@@ -18,7 +18,9 @@ does, and only possible because Arrow stores them uncompressed); ``parquet`` rea
 the lists.
 ``tokalign`` reads every array (also logsumexp, token_ce, loss_mask); ``tokalign-3fields`` only input_ids,
 topk_ids and topk_logits, what the FuseChat reads decode; ``tokalign-lz4`` is the same store written with
-``StoreSchema(codec="lz4")`` (all arrays read). Reads include ``open_store``. Ratios are against the FuseChat
+``StoreSchema(codec="lz4")`` (all arrays read); ``tokalign-nocrc`` the same store in format 1 (no per-chunk
+crc32c, ``StoreWriter.create(..., format_version=1)``; all arrays read): the cost of checking every chunk's
+checksum on every read is ``tokalign`` against it (its two reads alternate, best of ``--repeat`` each). Reads include ``open_store``. Ratios are against the FuseChat
 layout measured in the same run.
 
 The second table is the writer's cost for remap-like packed batches (``StoreWriter.append_packed`` of 131072
@@ -96,10 +98,10 @@ def dir_bytes(path: Path) -> int:
 
 
 # -- tokalign store ------------------------------------------------------------------------------------------
-def write_ours(d: Dict[str, Any], k: int, vocab: int, url: str, codec: str = "zstd") -> None:
+def write_ours(d: Dict[str, Any], k: int, vocab: int, url: str, codec: str = "zstd", format_version: int = 2) -> None:
     schema = StoreSchema(model="synthetic", tokenizer_fingerprint="synthetic", vocab_size=vocab, k=k, codec=codec)
     o = d["offsets"]
-    with StoreWriter.create(url, schema, overwrite=True) as w:
+    with StoreWriter.create(url, schema, overwrite=True, format_version=format_version) as w:
         batch = []
         for i in range(len(d["lengths"])):
             a, b = int(o[i]), int(o[i + 1])
@@ -295,6 +297,14 @@ def main(argv=None) -> int:
         rows["tokalign"].update(bytes_fusechat_fields=same,
                                 bytes=dir_bytes(work / "ours.zarr"),
                                 read_s=timed(lambda: read_ours(str(work / "ours.zarr"))))
+        write_ours(d, args.k, args.vocab, str(work / "ours-nocrc.zarr"), format_version=1)
+        crc_runs: Dict[str, List[float]] = {"tokalign": [], "tokalign-nocrc": []}
+        for _ in range(args.repeat):  # alternate the two reads: load changes hit both alike
+            crc_runs["tokalign-nocrc"].append(timed(lambda: read_ours(str(work / "ours-nocrc.zarr"))))
+            crc_runs["tokalign"].append(timed(lambda: read_ours(str(work / "ours.zarr"))))
+        rows["tokalign"]["read_s"] = min(rows["tokalign"]["read_s"], min(crc_runs["tokalign"]))
+        rows["tokalign-nocrc"] = {"write_s": rows["tokalign"]["write_s"], "bytes": dir_bytes(work / "ours-nocrc.zarr"),
+                                  "read_s": min(crc_runs["tokalign-nocrc"])}
         rows["tokalign-3fields"] = {
             "write_s": rows["tokalign"]["write_s"], "bytes": rows["tokalign"]["bytes"],
             "read_s": timed(lambda: read_ours(str(work / "ours.zarr"), ["input_ids", "topk_ids", "topk_logits"]))}
@@ -327,8 +337,10 @@ def main(argv=None) -> int:
         row["size_vs_fusechat"] = base["bytes"] / row["bytes"]
         row["read_speed_vs_fusechat"] = base["read_s"] / row["read_s"]
     ours = rows["tokalign"]
+    checksum_cost = {"read_slowdown": rows["tokalign"]["read_s"] / rows["tokalign-nocrc"]["read_s"] - 1.0,
+                     "bytes_per_token": (rows["tokalign"]["bytes"] - rows["tokalign-nocrc"]["bytes"]) / tokens}
     report = {"tokens": tokens, "samples": int(len(d["lengths"])), "k": args.k, "vocab": args.vocab, "layouts": rows,
-              "load": os.getloadavg()[0], "writer": writer,
+              "load": os.getloadavg()[0], "writer": writer, "checksum_cost": checksum_cost,
               "goals": {"smaller_3x": ours["size_vs_fusechat"] >= 3.0, "read_10x": ours["read_speed_vs_fusechat"] >= 10.0}}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -343,6 +355,8 @@ def main(argv=None) -> int:
                 row["read_speed_vs_fusechat"], row["write_s"], row["bytes"] / 2**20))
         print("tokalign without logsumexp/token_ce (the fields FuseChat's layout has): %.1f bytes/token"
               % (ours["bytes_fusechat_fields"] / tokens))
+        print("per-chunk crc32c (tokalign vs tokalign-nocrc): reads %+.1f %% time, %+.2f bytes/token (goal: <= 10 %%)"
+              % (100 * checksum_cost["read_slowdown"], checksum_cost["bytes_per_token"]))
         print("goals vs fusechat-arrow: >=3x smaller: %s (%.2fx); >=10x faster read: %s (%.1fx)" % (
             "PASS" if report["goals"]["smaller_3x"] else "FAIL", ours["size_vs_fusechat"],
             "PASS" if report["goals"]["read_10x"] else "FAIL", ours["read_speed_vs_fusechat"]))

@@ -96,10 +96,11 @@ def test_direct_reads_equal_zarr_reads(tmp_path, kind, codec):
 
 
 def test_missing_chunks_read_as_fill_value(tmp_path):
-    """zarr leaves chunks that hold only the fill value out of a shard (index entry 2**64-1)."""
+    """In format-1 stores zarr left chunks that hold only the fill value out of a shard (index entry 2**64-1);
+    format 2 writes them (tests/test_store_integrity.py), but format-1 stores still read as before."""
     url = "file://" + str(tmp_path / "s.zarr")
     samples = [make_sample(i, n=40, empty_mask=(i < 6)) for i in range(12)]
-    _write(url, samples, direct=False)
+    _write(url, samples, direct=False, format_version=1)
     fast, slow = open_store(url), open_store(url, direct=False)
     lay = fast.parts[0].layouts["loss_mask"]
     io = ByteIO(fast.root.store)

@@ -21,7 +21,8 @@ plus per-position provenance: group_kind, retained_mass, source_position, remap_
 the source model's own NLL of the text carried onto the pivot positions through the alignment groups, so
 its seq_ce compares fairly with the pivot store's (MinCE); remap_ce holds -log q(next) under the stored
 remapped distribution q (a diagnostic).
-An interrupted run resumes: samples already committed in --out are skipped.
+An interrupted run resumes: samples already committed in --out are skipped. A run that failed before it
+committed anything starts over by itself when re-run with corrected inputs; --overwrite starts over in any case.
 """
 
 
@@ -56,6 +57,8 @@ def register(subparsers) -> None:
     p.add_argument("--logits-dtype", choices=("float32", "float16"), default=None, dest="logits_dtype",
                    help="dtype of the stored log-probabilities (default float32; float16 keeps ~3 significant "
                         "digits, -inf exact, and halves the largest array)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start --out over instead of resuming it (it must be a previous remap output)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                            pivot_tokenizer=args.pivot, source_tokenizer=args.source,
                            tokenizer_dir=args.tokenizer_dir, threads=args.threads, batch_tokens=args.batch_tokens,
                            compression_level=args.compression_level, codec=args.codec,
-                           logits_dtype=args.logits_dtype, progress=not args.json)
+                           logits_dtype=args.logits_dtype, overwrite=args.overwrite, progress=not args.json)
     report = run_stores(args.pivot_store, args.source_store, args.map_dir, args.out, options)
     if args.json:
         print(json.dumps(report, indent=2))

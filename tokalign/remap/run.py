@@ -113,13 +113,44 @@ def _load_map(vocab_map: Any, pivot_fp: str, source_fp: str) -> Tuple[Any, str]:
     return vocab_map, "<%s map in memory>" % (vocab_map.method or "vocab")
 
 
+def _refuse_input_as_output(out: Union[str, Path], inputs: Sequence[str]) -> None:
+    """``--out`` naming one of the input stores would write into (or with --overwrite delete) an input."""
+    try:
+        o = Path(str(out)).expanduser().resolve()
+        for given in inputs:
+            if "://" not in given and Path(given).expanduser().resolve() == o:
+                raise TokalignError(f"--out {out} is one of the input stores; choose another output path")
+    except OSError:
+        return
+
+
+def _restart(existing: Any, schema: Any, out: Union[str, Path]) -> bool:
+    """Whether to start ``out`` over although ``--overwrite`` was not given: only when it is the empty leftover of a
+    failed remap (no sample committed) made with other settings. Any other difference is refused, naming the
+    differing fields and how to start over."""
+    import sys
+
+    from ..store.schema import describe_difference
+
+    if existing is None or existing.schema.identity() == schema.identity():
+        return False
+    diff = describe_difference(existing.schema.identity(), schema.identity())
+    if len(existing) == 0 and not existing.complete:
+        print(f"tokalign remap: {out} holds no committed sample (a failed run) and was started with other settings "
+              f"({diff}): starting it over", file=sys.stderr)
+        return True
+    raise TokalignError(f"--out {out} holds a remap output made with other settings ({diff}); add --overwrite to "
+                        "start it over, or choose another --out")
+
+
 def run_stores(pivot_store: PathOrStore, source_store: PathOrStore, vocab_map: Any, out: Union[str, Path],
                options: Optional[RemapOptions] = None) -> Dict[str, Any]:
     """Remap ``source_store`` onto ``pivot_store``'s tokens through ``vocab_map`` into the store ``out``.
 
     ``pivot_store`` / ``source_store``: URLs or paths, or opened readers; ``vocab_map``: a map folder or a
     :class:`tokalign.vocab.VocabMap`; ``out``: created, or resumed when interrupted (the samples already
-    committed there are skipped). Returns the report ``tokalign remap --json`` prints.
+    committed there are skipped; the empty leftover of a failed run made with other settings is started over,
+    any other one is refused naming the differing settings). Returns the report ``tokalign remap --json`` prints.
     """
     from tqdm import tqdm
 
@@ -144,12 +175,18 @@ def run_stores(pivot_store: PathOrStore, source_store: PathOrStore, vocab_map: A
     common, only_pivot, only_source = join_sample_ids(list(a.sample_ids), list(b.sample_ids))
     # output settings not given: those of the store being resumed, else the defaults
     defaults = {"compression_level": OUTPUT_COMPRESSION_LEVEL, "codec": "zstd", "logits_dtype": "float32"}
-    if not opt.overwrite:
-        try:
-            existing = open_store(out, allow_incomplete=True).schema
-            defaults = {key: getattr(existing, key) for key in defaults}
-        except TokalignError:
-            pass
+    _refuse_input_as_output(out, (a_url, b_url))
+    try:
+        existing = open_store(out, allow_incomplete=True)
+    except TokalignError:
+        existing = None
+    if existing is not None and existing.schema.kind != "remapped":  # --overwrite would delete a part of it
+        raise TokalignError(f"--out {out} is a {existing.schema.kind} store, not a remap output; choose another "
+                            "output path")
+    if opt.overwrite:
+        existing = None
+    elif existing is not None:
+        defaults = {key: getattr(existing.schema, key) for key in defaults}
     level, codec, logits_dtype = (defaults[key] if getattr(opt, key) is None else getattr(opt, key)
                                   for key in ("compression_level", "codec", "logits_dtype"))
 
@@ -164,13 +201,24 @@ def run_stores(pivot_store: PathOrStore, source_store: PathOrStore, vocab_map: A
         extras=REMAP_EXTRAS + (REMAP_CE_EXTRA,),
         compression_level=int(level), codec=codec,
     )
-    writer = open_writer(out, schema, flush_tokens=opt.flush_tokens, overwrite=opt.overwrite)
-    todo = writer.remaining(common)
-    with tqdm(total=len(todo), desc="remap", unit="sample", disable=not opt.progress) as bar:
-        totals = remap_stores(a, b, pm, writer, todo, TokenBytes.of(tok_p), TokenBytes.of(tok_s), k_out=opt.top_k,
-                              inside=opt.inside, one_to_many=opt.one_to_many, threads=opt.threads,
-                              batch_tokens=opt.batch_tokens, progress=bar.update)
-    writer.close()
+    overwrite = opt.overwrite or _restart(existing, schema, out)
+    writer = open_writer(out, schema, flush_tokens=opt.flush_tokens, overwrite=overwrite)
+    try:
+        todo = writer.remaining(common)
+        with tqdm(total=len(todo), desc="remap", unit="sample", disable=not opt.progress) as bar:
+            totals = remap_stores(a, b, pm, writer, todo, TokenBytes.of(tok_p), TokenBytes.of(tok_s),
+                                  k_out=opt.top_k, inside=opt.inside, one_to_many=opt.one_to_many,
+                                  threads=opt.threads, batch_tokens=opt.batch_tokens, progress=bar.update)
+        writer.close()
+    except TokalignError as exc:
+        writer.abort()  # what was committed stays; the lock goes
+        done = writer.committed_samples
+        raise TokalignError("%s (the output %s keeps the %d sample(s) committed before the error: the same command "
+                            "resumes once the input is fixed; add --overwrite to start it over)"
+                            % (exc, out, done)) from None
+    except BaseException:
+        writer.abort()
+        raise
     return {
         "out": str(out), "samples_written": len(todo), "samples_already_done": len(common) - len(todo),
         "only_in_pivot_store": len(only_pivot), "only_in_source_store": len(only_source),

@@ -12,7 +12,8 @@ Write with :class:`StoreWriter` (``create`` / ``resume`` / ``open``), read with 
     report = inspect_store("file:///data/openchat.zarr")   # what `tokalign inspect` prints, as a dict
 
 Modules: schema (attributes, dtypes), validate (a batch checked before it is written), writer, reader,
-gather (whole samples in any order through a chunk cache), inspect; _shards / _zarrio are the I/O below them.
+gather (whole samples in any order through a chunk cache), inspect, lock (one writer per part); _shards / _zarrio
+are the I/O below them (and where every read checks that its objects exist and its chunks' checksums match).
 """
 from .inspect import inspect as inspect_store
 from .reader import StoreReader, open_store, store_status

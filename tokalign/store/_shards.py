@@ -6,8 +6,9 @@ covers part of it). The token arrays of a store have one simple layout, written 
 
 * a regular chunk grid along axis 0 only (trailing axes whole), codec ``sharding_indexed`` with
   ``index_location = "end"``;
-* inner codecs ``bytes`` (little endian) + ``blosc`` (any cname: zstd, lz4, ...), index codecs ``bytes`` +
-  ``crc32c``.
+* inner codecs ``bytes`` (little endian) + ``blosc`` (any cname: zstd, lz4, ...), optionally followed by
+  ``crc32c`` (format version 2: every chunk's payload carries its checksum, checked here on every read and
+  written here on every write), index codecs ``bytes`` + ``crc32c``.
 
 For exactly that layout (:meth:`ShardLayout.from_array` returns None for anything else; callers then use
 zarr) this module reads rows by parsing the shard index (``chunks_per_shard`` pairs of uint64
@@ -17,8 +18,9 @@ whole shards by encoding the chunks itself and putting the shard object in one s
 here are ordinary Zarr v3 shards: zarr reads them (and read-modify-writes them) like its own; the tests check
 both directions. Spec: https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/v1.0.html
 
-About 450 lines on purpose: reading and writing share the layout parsing and the index format, and keeping them
-together keeps the two directions byte-compatible.
+About 600 lines on purpose: reading, writing and the integrity checks (missing objects, chunk checksums, the
+shard scan of ``inspect --scan``) share the layout parsing and the index format, and keeping them together keeps
+the directions byte-compatible and the checks identical on every path.
 """
 from __future__ import annotations
 
@@ -36,35 +38,28 @@ from ..errors import TokalignError
 MAX_UINT64 = np.uint64(2**64 - 1)
 _SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
+#: what may be absent under committed rows (``Geometry.absent``): format 2 writes every chunk of every shard
+#: (zarr's ``write_empty_chunks``), so absence is loss; format 1 left chunks (and whole shards) holding only
+#: the fill value out, so there a missing chunk reads as the fill value and, for arrays that can legitimately
+#: be all fill value, a missing shard too (docs/store.md, "Integrity")
+ABSENT_NOTHING, ABSENT_CHUNKS, ABSENT_ANY = 0, 1, 2
+
 
 @dataclass(frozen=True)
-class ShardLayout:
-    """What is needed to locate, decode and encode the chunks of one sharded array."""
+class Geometry:
+    """Where the shards and chunks of one array sharded along axis 0 lie (any inner codecs): what presence
+    checks and ``inspect --scan`` need."""
 
     path: str  # the array's key prefix in its store ("part-00000/topk_ids")
     ndim: int
-    tail: Tuple[int, ...]  # trailing shape (whole in every chunk)
-    dtype: np.dtype
-    fill_value: Any
     chunk_rows: int
     shard_rows: int
-    cname: str
-    clevel: int
-    shuffle: int
-    typesize: int
-    blocksize: int
+    checksum: bool  # the inner codec chain ends with crc32c: each chunk's last 4 bytes are its payload's crc32c
+    absent: int = ABSENT_NOTHING
 
     @property
     def chunks_per_shard(self) -> int:
         return self.shard_rows // self.chunk_rows
-
-    @property
-    def row_bytes(self) -> int:
-        return int(np.prod(self.tail, dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def chunk_bytes(self) -> int:
-        return self.chunk_rows * self.row_bytes
 
     @property
     def index_bytes(self) -> int:
@@ -73,6 +68,62 @@ class ShardLayout:
     def shard_key(self, shard: int) -> str:
         """Object key of shard ``shard`` (zarr's default chunk key encoding with '/')."""
         return "%s/c/%d%s" % (self.path, shard, "/0" * (self.ndim - 1))
+
+    @classmethod
+    def from_array(cls, array: Any) -> Optional["Geometry"]:
+        """The geometry of a zarr v3 array sharded along axis 0 with the index at the end, else None."""
+        try:
+            meta = array.metadata.to_dict()
+            if meta.get("zarr_format") != 3 or meta["chunk_grid"]["name"] != "regular":
+                return None
+            cke = meta["chunk_key_encoding"]
+            if cke["name"] != "default" or cke.get("configuration", {}).get("separator", "/") != "/":
+                return None
+            codecs = meta["codecs"]
+            if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+                return None
+            conf = codecs[0]["configuration"]
+            if conf.get("index_location", "end") != "end":
+                return None
+            if [c["name"] for c in conf["index_codecs"]] != ["bytes", "crc32c"]:
+                return None
+            shape = tuple(int(s) for s in array.shape)
+            shard = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
+            chunk = tuple(int(s) for s in conf["chunk_shape"])
+            if len(shape) < 1 or shard[1:] != shape[1:] or chunk[1:] != shape[1:] or shard[0] % chunk[0]:
+                return None
+            return cls(path=array.path, ndim=len(shape), chunk_rows=chunk[0], shard_rows=shard[0],
+                       checksum=conf["codecs"][-1]["name"] == "crc32c")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            return None
+
+
+def chunk_error(where: str, key: str, c: int, what: str) -> TokalignError:
+    """The one-line error of a damaged chunk: store, shard object, chunk number and what is wrong."""
+    return TokalignError("store %s is damaged: chunk %d of %s %s; restore the store from a good copy or "
+                         "re-create it" % (where, c, key, what))
+
+
+@dataclass(frozen=True)
+class ShardLayout(Geometry):
+    """What is needed to locate, decode and encode the chunks of one sharded array (the direct path)."""
+
+    tail: Tuple[int, ...] = ()  # trailing shape (whole in every chunk)
+    dtype: np.dtype = np.dtype("uint8")
+    fill_value: Any = 0
+    cname: str = "zstd"
+    clevel: int = 5
+    shuffle: int = 1
+    typesize: int = 1
+    blocksize: int = 0
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.tail, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.chunk_rows * self.row_bytes
 
     @classmethod
     def from_array(cls, array: Any) -> Optional["ShardLayout"]:
@@ -97,7 +148,8 @@ class ShardLayout:
                 return None
             inner = conf["codecs"]
             index_codecs = conf["index_codecs"]
-            if [c["name"] for c in inner] != ["bytes", "blosc"]:
+            names = [c["name"] for c in inner]
+            if names not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]):
                 return None
             if [c["name"] for c in index_codecs] != ["bytes", "crc32c"]:
                 return None
@@ -118,7 +170,7 @@ class ShardLayout:
                 return None
             fill = np.asarray(meta.get("fill_value", 0), dtype=dtype)
             return cls(path=array.path, ndim=len(shape), tail=shape[1:], dtype=dtype, fill_value=fill[()],
-                       chunk_rows=chunk[0], shard_rows=shard[0], cname=str(blosc["cname"]),
+                       chunk_rows=chunk[0], shard_rows=shard[0], checksum=len(names) == 3, cname=str(blosc["cname"]),
                        clevel=int(blosc["clevel"]), shuffle=_SHUFFLES[shuffle],
                        typesize=int(blosc.get("typesize") or dtype.itemsize), blocksize=int(blosc.get("blocksize", 0)))
         except (KeyError, TypeError, ValueError, IndexError):
@@ -135,10 +187,11 @@ class ByteIO:
     whole-object ``set`` (PUT).
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, where: str = "") -> None:
         from zarr.storage import LocalStore
 
         self.store = store
+        self.where = where or str(store)  # the store's URL, for error messages
         self.root: Optional[Path] = Path(store.root) if isinstance(store, LocalStore) else None
 
     # each request: (key, start, length) with start=None for the whole object, length<0 for the last -length
@@ -216,19 +269,97 @@ class ByteIO:
             raise
 
 
-def parse_index(layout: ShardLayout, raw: Any, key: str) -> np.ndarray:
+def parse_index(layout: Geometry, raw: Any, key: str, where: str = "") -> np.ndarray:
     """(chunks_per_shard, 2) uint64 (offset, nbytes) from the last ``index_bytes`` of a shard; crc32c checked."""
     import google_crc32c
 
     buf = memoryview(raw).cast("B")
     n = layout.index_bytes
+    at = " of store %s" % where if where else ""
     if len(buf) < n:
-        raise TokalignError("corrupt shard %s: %d bytes, shorter than its index (%d bytes)" % (key, len(buf), n))
+        raise TokalignError("corrupt shard %s%s: %d bytes, shorter than its index (%d bytes)" % (key, at, len(buf), n))
     idx = buf[len(buf) - n: len(buf) - 4]
     crc = int(np.frombuffer(buf[len(buf) - 4:], dtype="<u4")[0])
     if google_crc32c.value(bytes(idx)) != crc:
-        raise TokalignError("corrupt shard %s: the checksum of its chunk index does not match" % key)
+        raise TokalignError("corrupt shard %s%s: the checksum of its chunk index does not match" % (key, at))
     return np.frombuffer(idx, dtype="<u8").reshape(-1, 2).copy()
+
+
+def missing_shard(where: str, geom: Geometry, shard: int) -> TokalignError:
+    a, b = shard * geom.shard_rows, (shard + 1) * geom.shard_rows
+    return TokalignError("store %s is damaged: shard object %s (rows %d-%d of %s) is missing; restore the store "
+                         "from a good copy or re-create it" % (where, geom.shard_key(shard), a, b - 1, geom.path))
+
+
+def check_present(items: Sequence[Tuple[Geometry, int, int]], io: ByteIO) -> None:
+    """Raise (one line: store, object) when an object that rows [lo, hi) of an array need is missing (``items``:
+    (geometry, lo, hi) each): a shard object, or (``absent == ABSENT_NOTHING``) a chunk its index leaves out.
+    For the reads zarr does itself, which would silently return the fill value. One gathered request."""
+    requests = []
+    for g, lo, hi in items:
+        if hi <= lo or g.absent == ABSENT_ANY:
+            continue
+        for s in range(lo // g.shard_rows, (hi - 1) // g.shard_rows + 1):
+            requests.append((g, s, lo, hi))
+    raws = io.get_many([(g.shard_key(s), 0, -g.index_bytes) for g, s, _, _ in requests])
+    for (g, s, lo, hi), raw in zip(requests, raws):
+        if raw is None:
+            raise missing_shard(io.where, g, s)
+        if g.absent != ABSENT_NOTHING:
+            continue
+        idx = parse_index(g, raw, g.shard_key(s), io.where)
+        c0 = max(lo, s * g.shard_rows) // g.chunk_rows
+        c1 = (min(hi, (s + 1) * g.shard_rows) - 1) // g.chunk_rows + 1
+        for c in range(c0, c1):
+            if idx[c - s * g.chunks_per_shard, 0] == MAX_UINT64:
+                raise chunk_error(io.where, g.shard_key(s), c, "is missing from the shard (its index has no entry)")
+
+
+def shard_problems(geom: Geometry, raw: Any, s: int, nrows: int, where: str) -> List[str]:
+    """One line per problem of shard ``s`` (its whole object ``raw``, None when missing) for the rows below
+    ``nrows`` (the committed rows): missing object or chunk, index, checksums and, for a :class:`ShardLayout`,
+    whether each chunk decodes to its size (``inspect --scan``; after zarr failed to read a range)."""
+    key = geom.shard_key(s)
+    if raw is None:
+        return [str(missing_shard(where, geom, s))] if geom.absent != ABSENT_ANY else []
+    try:
+        idx = parse_index(geom, raw, key, where)
+    except TokalignError as exc:
+        return [str(exc)]
+    buf = memoryview(raw).cast("B")
+    out = []
+    c0 = s * geom.chunks_per_shard
+    c1 = min(c0 + geom.chunks_per_shard, -(-nrows // geom.chunk_rows))
+    for c in range(c0, c1):
+        off, nb = (int(x) for x in idx[c - c0])
+        if idx[c - c0, 0] == MAX_UINT64:
+            if geom.absent == ABSENT_NOTHING:
+                out.append(str(chunk_error(where, key, c, "is missing from the shard (its index has no entry)")))
+            continue
+        if off + nb > len(buf) - geom.index_bytes:
+            out.append(str(chunk_error(where, key, c, "lies outside the object")))
+            continue
+        try:
+            src = verify_payload(geom, buf[off:off + nb], key, c, where)
+            if isinstance(geom, ShardLayout):
+                _decompress(src, np.empty(geom.chunk_bytes, dtype=np.uint8), geom, key, c, where)
+        except TokalignError as exc:
+            out.append(str(exc))
+    return out
+
+
+def verify_payload(geom: Geometry, src: Any, key: str, c: int, where: str) -> Any:
+    """The chunk's payload without its checksum, after checking it (``geom.checksum``), else ``src``."""
+    if not geom.checksum:
+        return src
+    import google_crc32c
+
+    arr = np.frombuffer(src, dtype=np.uint8)
+    if arr.size < 4:
+        raise chunk_error(where, key, c, "is shorter than its checksum")
+    if google_crc32c.value(arr[:-4]) != int(arr[-4:].view("<u4")[0]):
+        raise chunk_error(where, key, c, "does not match its crc32c checksum (the bytes were altered)")
+    return arr[:-4]
 
 
 # -- reading -----------------------------------------------------------------------------------------------
@@ -249,8 +380,6 @@ def read_rows(layouts: Sequence[ShardLayout], io: ByteIO, lo: int, hi: int, nrow
     following read that starts inside it does not decode it again). ``index_cache`` keeps shard indexes
     between calls: only pass one for arrays that no writer changes any more.
     """
-    from numcodecs import blosc
-
     outs: List[np.ndarray] = []
     index_requests: List[Tuple[int, int, str]] = []  # (array i, shard, key)
     indexes: Dict[Tuple[int, int], Optional[np.ndarray]] = {}
@@ -272,9 +401,11 @@ def read_rows(layouts: Sequence[ShardLayout], io: ByteIO, lo: int, hi: int, nrow
     whole: Dict[Tuple[int, int], Any] = {}
     for (i, s, key), raw in zip(index_requests, raws):
         if raw is None:
+            if layouts[i].absent != ABSENT_ANY:
+                raise missing_shard(io.where, layouts[i], s)
             indexes[(i, s)] = None
             continue
-        idx = parse_index(layouts[i], raw, key)
+        idx = parse_index(layouts[i], raw, key, io.where)
         indexes[(i, s)] = idx
         if index_cache is not None:
             index_cache[(key, s)] = idx
@@ -296,6 +427,8 @@ def read_rows(layouts: Sequence[ShardLayout], io: ByteIO, lo: int, hi: int, nrow
             if carry is not None and _carried(carry, lay, c, lo, hi):
                 tasks.append((i, c, -2))
             elif idx is None or idx[c - s * cps, 0] == MAX_UINT64:
+                if lay.absent == ABSENT_NOTHING:
+                    raise chunk_error(io.where, lay.shard_key(s), c, "is missing from the shard (its index has no entry)")
                 tasks.append((i, c, -1))
             else:
                 needed.append(c)
@@ -320,7 +453,7 @@ def read_rows(layouts: Sequence[ShardLayout], io: ByteIO, lo: int, hi: int, nrow
             tasks.extend((i, c, len(blobs) - 1) for c in cs)
     for (b_i, (key, _, _)), raw in zip(fetch, io.get_many([r for _, r in fetch])):
         if raw is None:
-            raise TokalignError("shard %s disappeared while it was read" % key)
+            raise TokalignError("store %s: shard %s disappeared while it was read" % (io.where, key))
         blobs[b_i] = raw
 
     new_carry: Dict[str, Tuple[int, np.ndarray]] = {}
@@ -344,13 +477,15 @@ def read_rows(layouts: Sequence[ShardLayout], io: ByteIO, lo: int, hi: int, nrow
         off, nb = (int(x) for x in idx[c - s * lay.chunks_per_shard])
         base = bases[rq]
         src = memoryview(blobs[rq]).cast("B")[off - base: off - base + nb]
+        key = lay.shard_key(s)
         if len(src) != nb:
-            raise TokalignError("corrupt shard %s: chunk %d lies outside the object" % (lay.shard_key(s), c))
+            raise chunk_error(io.where, key, c, "lies outside the object")
+        src = verify_payload(lay, src, key, c, io.where)
         if ra == a and rb == b:
-            blosc.decompress(src, out[(ra - lo) * rbytes:(rb - lo) * rbytes])
+            _decompress(src, out[(ra - lo) * rbytes:(rb - lo) * rbytes], lay, key, c, io.where)
             return None
         chunk = np.empty(lay.chunk_bytes, dtype=np.uint8)
-        blosc.decompress(src, chunk)
+        _decompress(src, chunk, lay, key, c, io.where)
         out[(ra - lo) * rbytes:(rb - lo) * rbytes] = chunk[(ra - a) * rbytes:(rb - a) * rbytes]
         return (lay.path, c, chunk) if rb == hi and rb < b else None
 
@@ -364,6 +499,19 @@ def read_rows(layouts: Sequence[ShardLayout], io: ByteIO, lo: int, hi: int, nrow
                 new_carry[r[0]] = (r[1], r[2])
         carry.chunks = new_carry
     return outs
+
+
+def _decompress(src: Any, dest: np.ndarray, lay: ShardLayout, key: str, c: int, where: str) -> None:
+    """blosc-decode one chunk into ``dest`` (exactly its size); an undecodable chunk is a one-line error."""
+    from numcodecs import blosc
+
+    header = np.frombuffer(src, dtype=np.uint8, count=min(16, len(src)))
+    if header.size < 16 or int(header[4:8].view("<u4")[0]) != dest.nbytes:  # blosc header: nbytes at 4..8
+        raise chunk_error(where, key, c, "has a blosc header that does not fit the chunk (%d bytes)" % dest.nbytes)
+    try:
+        blosc.decompress(src, dest)
+    except Exception as exc:  # numcodecs raises RuntimeError / ValueError / TypeError for bad input
+        raise chunk_error(where, key, c, "cannot be decoded (%s: %s)" % (lay.cname, exc)) from None
 
 
 def _whole_shard(lay: ShardLayout, s: int, lo: int, hi: int) -> bool:
@@ -415,6 +563,7 @@ class RowPieces:
 def encode_shard(lay: ShardLayout, rows: Any, map_fn: Callable = map) -> List[bytes]:
     """The shard object holding ``rows`` (an array or :class:`RowPieces`, at most ``shard_rows``; the last chunk
     padded with the fill value), as its consecutive byte strings (chunks, index, crc32c): put them as one object."""
+    import google_crc32c
     from numcodecs import Blosc
 
     if not isinstance(rows, RowPieces):
@@ -433,7 +582,10 @@ def encode_shard(lay: ShardLayout, rows: Any, map_fn: Callable = map) -> List[by
             full = np.full((chunk_rows,) + lay.tail, lay.fill_value, dtype=lay.dtype)
             full[: part.shape[0]] = part
             part = full
-        return codec.encode(part.reshape(-1).view(np.uint8))
+        blob = codec.encode(part.reshape(-1).view(np.uint8))
+        if lay.checksum:  # what zarr's crc32c codec appends: the payload's crc32c, little endian
+            blob = blob + np.uint32(google_crc32c.value(blob)).astype("<u4").tobytes()
+        return blob
 
     blobs = list(map_fn(encode, range(-(-n // chunk_rows))))
     index = np.full((lay.chunks_per_shard, 2), MAX_UINT64, dtype="<u8")

@@ -93,17 +93,31 @@ def resize_many(arrays: Sequence[zarr.Array], shapes: Sequence[Tuple[int, ...]])
     sync(gather())
 
 
+#: zarr runtime config of every array a writer touches: write chunks (and shards) that hold only the fill value
+#: too, so that under committed rows a missing object always means loss (format 2; docs/store.md, "Integrity")
+WRITE_CONFIG = {"write_empty_chunks": True}
+
+
+def writable(array: zarr.Array) -> zarr.Array:
+    """``array`` with :data:`WRITE_CONFIG` (zarr's runtime config is not stored: every opener sets it)."""
+    return array.with_config(WRITE_CONFIG)
+
+
 def create_array(group: zarr.Group, name: str, dtype: str, tail: Tuple[int, ...], length: int,
-                 chunk: int, shard: int, clevel: int, cname: str = "zstd") -> zarr.Array:
-    """A growable array chunked (and sharded) along its first axis."""
+                 chunk: int, shard: int, clevel: int, cname: str = "zstd", checksum: bool = True) -> zarr.Array:
+    """A growable array chunked (and sharded) along its first axis; ``checksum``: each chunk ends with the
+    crc32c of its compressed payload (zarr's ``crc32c`` codec, last in the chain; format 2)."""
     shape = (int(length),) + tuple(tail)
     chunks = (int(chunk),) + tuple(tail)
     shards = (int(shard),) + tuple(tail)
+    crc = (zarr.codecs.Crc32cCodec(),) if checksum else ()
     if dtype == "str":
         return group.create_array(name, shape=shape, dtype=str, chunks=chunks, shards=shards,
-                                  compressors=zarr.codecs.ZstdCodec(level=int(clevel)), fill_value="")
+                                  compressors=(zarr.codecs.ZstdCodec(level=int(clevel)),) + crc, fill_value="",
+                                  config=WRITE_CONFIG if checksum else None)
     return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
-                              compressors=compressor(clevel, dtype, cname), fill_value=0)
+                              compressors=(compressor(clevel, dtype, cname),) + crc, fill_value=0,
+                              config=WRITE_CONFIG if checksum else None)
 
 
 def stored_bytes(group: zarr.Group) -> int:

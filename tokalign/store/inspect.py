@@ -1,6 +1,10 @@
-"""Describing a store (``tokalign inspect``): schema, counts, size on storage, bytes per token, NaN counts and
-completeness, as a dict (:func:`inspect`, exported as ``tokalign.store.inspect_store``) or as text
-(:func:`format_text`)."""
+"""Describing a store (``tokalign inspect``): schema, counts, size on storage, bytes per token, NaN counts,
+completeness and integrity, as a dict (:func:`inspect`, exported as ``tokalign.store.inspect_store``) or as text
+(:func:`format_text`).
+
+Integrity: every inspection checks that each object the committed rows need exists (shard objects and the
+chunk entries of their indexes); ``scan`` reads every chunk and checks its crc32c (format 2), that it decodes to
+its size, and the committed counts against the arrays. Each problem is one line in ``report["damage"]``."""
 from __future__ import annotations
 
 import sys
@@ -10,12 +14,13 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from ..errors import TokalignError
+from . import _shards
 from .reader import open_store, store_status
-from .schema import bf16_bits_nonfinite
+from .schema import CHECKSUMMED_SINCE
 
 
 def _scan_nonfinite(reader) -> Dict[str, int]:
-    """Count NaN/Inf per float array by streaming every part in token blocks."""
+    """Count NaN/Inf per float array by streaming every part in token blocks (through the reader: checked)."""
     from tqdm import tqdm
 
     names = [n for n, (dt, _) in reader.schema.token_array_specs().items()
@@ -23,21 +28,82 @@ def _scan_nonfinite(reader) -> Dict[str, int]:
     counts = dict.fromkeys(names, 0)
     block = reader.schema.shard_tokens
     with tqdm(total=reader.num_tokens, unit="tok", desc="scan", disable=not sys.stderr.isatty()) as bar:
-        for part in reader.parts:
+        for p_i, part in enumerate(reader.parts):
             for lo in range(0, part.num_tokens, block):
                 hi = min(lo + block, part.num_tokens)
-                ids = part.arrays["topk_ids"][lo:hi]
+                rows = reader.read_tokens(p_i, lo, hi, sorted(set(names) | {"topk_ids"}))
                 for name in names:
-                    raw = part.arrays[name][lo:hi]
+                    nf = ~np.isfinite(rows[name])
                     if name == "topk_logits":
-                        nf = bf16_bits_nonfinite(raw) if reader.schema.logits_dtype == "bfloat16" else ~np.isfinite(raw)
-                        nf &= ids >= 0
-                    else:
-                        nf = ~np.isfinite(raw)
+                        nf &= rows["topk_ids"] >= 0
                     counts[name] += int(nf.sum())
                 bar.update(hi - lo)
     counts["seq_ce_nan"] = int(np.isnan(reader.seq_ce).sum())
     return counts
+
+
+def _committed_rows(reader, part, name: str) -> int:
+    if name == "offsets":
+        return part.num_samples + 1
+    return part.num_samples if name in reader.schema.sample_array_specs() else part.num_tokens
+
+
+def _presence(reader) -> List[str]:
+    """One line per missing object (shard, or chunk entry of a format-2 shard) under the committed rows."""
+    problems: List[str] = []
+    for part in reader.parts:
+        for name, geom in part.geoms.items():
+            if geom is None:
+                continue
+            try:
+                _shards.check_present([(geom, 0, _committed_rows(reader, part, name))], part.io)
+            except TokalignError as exc:
+                problems.append(str(exc))
+    return problems
+
+
+def _scan_chunks(reader) -> List[str]:
+    """One line per damaged chunk or shard of every array (every committed row read once)."""
+    problems: List[str] = []
+    for part in reader.parts:
+        for name, geom in part.geoms.items():
+            n = _committed_rows(reader, part, name)
+            if geom is None or n == 0:
+                continue
+            direct = part.layouts.get(name)
+            check = geom if direct is None else direct  # a ShardLayout also checks that each chunk decodes
+            for s in range((n - 1) // geom.shard_rows + 1):
+                raw = part.io.get_many([(geom.shard_key(s), None, 0)])[0]
+                found = _shards.shard_problems(check, raw, s, n, part.io.where)
+                if not found and direct is None:  # decodability through zarr (string arrays, other codecs)
+                    lo, hi = s * geom.shard_rows, min(n, (s + 1) * geom.shard_rows)
+                    try:
+                        np.asarray(part.arrays[name][lo:hi])
+                    except Exception as exc:  # noqa: BLE001 - any decode failure is damage
+                        found = ["store %s is damaged: %s cannot be decoded (%s)"
+                                 % (part.io.where, geom.shard_key(s), type(exc).__name__)]
+                problems.extend(found)
+    return problems
+
+
+def _scan_counts(reader) -> List[str]:
+    """The committed counts against what the arrays hold."""
+    problems: List[str] = []
+    for part in reader.parts:
+        c = part.committed
+        where = "store %s/%s" % (reader.url, part.name)
+        if part.valid.size and not np.array_equal(part.valid, part.nonfinite == 0):
+            problems.append("%s: valid disagrees with nonfinite for %d samples"
+                            % (where, int((part.valid != (part.nonfinite == 0)).sum())))
+        if "nonfinite_values" in c and int(part.nonfinite.sum()) != int(c["nonfinite_values"]):
+            problems.append("%s: committed nonfinite_values=%d but the samples hold %d"
+                            % (where, int(c["nonfinite_values"]), int(part.nonfinite.sum())))
+        if "invalid_samples" in c and int((~part.valid).sum()) != int(c["invalid_samples"]):
+            problems.append("%s: committed invalid_samples=%d but %d samples are invalid"
+                            % (where, int(c["invalid_samples"]), int((~part.valid).sum())))
+        if len(set(part.sample_ids.tolist())) != part.num_samples:
+            problems.append("%s: sample ids repeat" % where)
+    return problems
 
 
 def inspect(url: Union[str, Path], scan: bool = False, *,
@@ -51,6 +117,7 @@ def inspect(url: Union[str, Path], scan: bool = False, *,
         raise TokalignError("no tokalign store at %s" % url)
     reader = open_store(url, allow_incomplete=True, storage_options=storage_options)
     attrs = dict(reader.attrs)
+    damage = _presence(reader)
     arrays: Dict[str, Any] = {}
     for name, spec in attrs.get("arrays", {}).items():
         stored = sum(int(p.arrays[name].nbytes_stored()) for p in reader.parts)
@@ -86,9 +153,16 @@ def inspect(url: Union[str, Path], scan: bool = False, *,
         "seq_ce_mean": float(np.nanmean(reader.seq_ce)) if len(reader) and np.isfinite(reader.seq_ce).any() else None,
         "parts": parts,
         "arrays": arrays,
+        "checksummed": reader.format_version >= CHECKSUMMED_SINCE,
     }
     if scan:
-        report["nonfinite_scan"] = _scan_nonfinite(reader)
+        damage = _scan_chunks(reader) or damage
+        if not damage:
+            damage = _scan_counts(reader)
+        if not damage:
+            report["nonfinite_scan"] = _scan_nonfinite(reader)
+    report["damage"] = damage
+    report["scanned"] = bool(scan)
     return report
 
 
@@ -97,13 +171,21 @@ def format_text(r: Dict[str, Any]) -> str:
     lines: List[str] = []
     add = lines.append
     s = r["schema"]
-    state = "complete" if r["complete"] else "INCOMPLETE"
+    state = "DAMAGED" if r.get("damage") else ("complete" if r["complete"] else "INCOMPLETE")
     add("%s  [%s]" % (r["url"], state))
     add("  model %s  kind %s  vocab %d  k %d  logits %s  ids %s" % (s["model"], s["kind"], s["vocab_size"], s["k"],
                                                                     s["logits_dtype"], s["ids_dtype"]))
     add("  tokenizer fingerprint %s" % s["tokenizer_fingerprint"])
     add("  tokalign %s, format v%s, template %s" % (s.get("tokalign_version"), s.get("format_version"),
                                                       "yes" if s.get("template") else "none"))
+    if r.get("checksummed"):
+        add("  integrity: every chunk checksummed (crc32c)%s" % (
+            ", every chunk verified (--scan)" if r.get("scanned") and not r.get("damage") else
+            "; objects present" if not r.get("damage") else ""))
+    else:
+        add("  integrity: UNPROTECTED (format v%s: chunks carry no checksum and chunks holding only zeros were "
+            "left out, so damage may read back silently); rewrite the store with this tokalign to protect it"
+            % s.get("format_version"))
     if s.get("extras"):
         add("  extra arrays: %s" % ", ".join("%s %s%s" % (n, e["dtype"], e["shape"] or "")
                                               for n, e in s["extras"].items()))
@@ -134,6 +216,10 @@ def format_text(r: Dict[str, Any]) -> str:
         add("    %-14s %-6s %-8s %-9s %10d B%s" % (name, a["axis"], a.get("logical_dtype", a["dtype"]),
                                                   str(a["shape"]), a["stored_bytes"],
                                                   "  %.2f B/token" % bpt if bpt is not None else ""))
-    if not r["complete"]:
+    for line in r.get("damage") or ():
+        add("  DAMAGED: %s" % line)
+    if r.get("damage"):
+        add("  %d problem(s): restore the store from a good copy or re-create it" % len(r["damage"]))
+    elif not r["complete"]:
         add("  incomplete: resume the writer (StoreWriter.resume(url, part=N) or the dump's --resume)")
     return "\n".join(lines)

@@ -4,8 +4,9 @@
 per-sample arrays (offsets, seq_ce, valid) of every part, and then gives O(1) access to any sample by index or
 id and batched iteration over whole sequences (one contiguous read per array per batch).
 
-About 470 lines on purpose: one class whose access paths (by index, by id, batches, raw rows, gather) share the
-part layout, the decode threads and the direct-read switch; the chunk cache of ``gather`` lives in gather.py.
+About 570 lines on purpose: one class whose access paths (by index, by id, batches, raw rows, gather) share the
+part layout, the decode threads, the direct-read switch and the integrity checks of every read (objects present,
+attributes possible: docs/store.md, "Integrity"); the chunk cache of ``gather`` lives in gather.py.
 """
 from __future__ import annotations
 
@@ -20,60 +21,110 @@ import zarr
 from ..errors import TokalignError
 from . import _shards, _zarrio
 from .gather import CACHE_BYTES, MIN_RUN_ROWS, ChunkGather
-from .schema import PART_RE, StoreSchema, bf16_bits_to_float32, part_name
+from .schema import (CHECKSUMMED_SINCE, PART_RE, StoreSchema, bf16_bits_to_float32, committed_attr,
+                     format_version, num_parts_attr, part_name)
 
 OUTPUTS = ("numpy", "torch")
 #: decode threads of a reader (blosc releases the GIL); TOKALIGN_STORE_THREADS overrides
 DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
-def _read_many(arrays: Sequence[Any], lo: int, hi: int) -> List[np.ndarray]:
+def _read_many(arrays: Sequence[Any], lo: int, hi: int, io: _shards.ByteIO,
+               geoms: Sequence[Optional[_shards.Geometry]]) -> List[np.ndarray]:
     """Rows [lo, hi) of several Zarr arrays, fetched and decoded concurrently in one event-loop call.
 
     Reading the arrays one after another leaves zarr's I/O and decode pipeline idle between calls; gathering
     them makes a batch read ~1.5x faster. Falls back to sequential reads if zarr's async handle is missing.
+    Checked like every read (:func:`_zarr_read`).
     """
-    handles = [getattr(a, "_async_array", None) for a in arrays]
-    if any(h is None for h in handles):
-        return [np.asarray(a[lo:hi]) for a in arrays]
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def gather() -> List[Any]:
-        return list(await asyncio.gather(*(h.getitem(slice(lo, hi)) for h in handles)))
-
-    return [np.asarray(x) for x in sync(gather())]
+    return _zarr_read(arrays, [(lo, hi)] * len(arrays), io, geoms)
 
 
 _PER_SAMPLE = ("offsets", "seq_ce", "valid", "nonfinite")  # loaded at open (a few bytes per sample)
 
 
-def _read_prefixes(arrays: Sequence[Any], lengths: Sequence[int]) -> List[np.ndarray]:
+def _read_prefixes(arrays: Sequence[Any], lengths: Sequence[int], io: _shards.ByteIO,
+                   geoms: Sequence[Optional[_shards.Geometry]]) -> List[np.ndarray]:
     """The first ``lengths[i]`` rows of each array, all fetched in one event-loop call."""
-    handles = [getattr(a, "_async_array", None) for a in arrays]
-    if any(h is None for h in handles):
-        return [np.asarray(a[:n]) for a, n in zip(arrays, lengths)]
+    return _zarr_read(arrays, [(0, int(n)) for n in lengths], io, geoms)
+
+
+def _zarr_read(arrays: Sequence[Any], ranges: Sequence[tuple], io: _shards.ByteIO,
+               geoms: Sequence[Optional[_shards.Geometry]]) -> List[np.ndarray]:
+    """Rows ranges[i] of arrays[i] read by zarr, in one event-loop call, after checking that every object they
+    need exists (zarr would read a missing shard or chunk as the fill value). zarr's crc32c codec checks the
+    chunk checksums; any failure to read becomes one line naming the damaged chunk (found by
+    :func:`_shards.shard_problems`) and the store."""
+    _shards.check_present([(g, lo, hi) for g, (lo, hi) in zip(geoms, ranges) if g is not None], io)
     import asyncio
 
     from zarr.core.sync import sync
 
-    async def gather() -> List[Any]:
-        return list(await asyncio.gather(*(h.getitem(slice(0, int(n))) for h, n in zip(handles, lengths))))
+    handles = [getattr(a, "_async_array", None) for a in arrays]
+    try:
+        if any(h is None for h in handles):
+            return [np.asarray(a[lo:hi]) for a, (lo, hi) in zip(arrays, ranges)]
 
-    return [np.asarray(x) for x in sync(gather())]
+        async def gather() -> List[Any]:
+            return list(await asyncio.gather(*(h.getitem(slice(lo, hi)) for h, (lo, hi) in zip(handles, ranges))))
+
+        return [np.asarray(x) for x in sync(gather())]
+    except TokalignError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zarr / numcodecs raise many kinds for damaged bytes
+        for a, g, (lo, hi) in zip(arrays, geoms, ranges):
+            if g is None or hi <= lo:
+                continue
+            for sh in range(lo // g.shard_rows, (hi - 1) // g.shard_rows + 1):
+                raw = io.get_many([(g.shard_key(sh), None, 0)])[0]
+                problems = _shards.shard_problems(g, raw, sh, hi, io.where)
+                if problems:
+                    raise TokalignError(problems[0]) from None
+        names = ", ".join(str(getattr(a, "path", a)) for a in arrays)
+        raise TokalignError("store %s: cannot read %s (%s: %s); the store is damaged: restore it from a good copy "
+                            "or re-create it" % (io.where, names, type(exc).__name__, str(exc).splitlines()[0]
+                                                 if str(exc) else "")) from None
+
+
+#: arrays of a format-1 store (chunks holding only the fill value were left out) that are never all fill value
+#: over a whole shard: for them a missing shard under the committed rows is loss in format 1 too
+_V1_REQUIRED = ("input_ids", "topk_ids", "topk_logits", "sample_id")
+
+
+def absent_level(version: int, name: str, schema: StoreSchema) -> int:
+    """What may be missing of array ``name`` under the committed rows (see :data:`_shards.ABSENT_NOTHING`)."""
+    if version >= CHECKSUMMED_SINCE:
+        return _shards.ABSENT_NOTHING
+    if name in _V1_REQUIRED or (name == "logsumexp" and schema.kind == "topk"):
+        return _shards.ABSENT_CHUNKS
+    return _shards.ABSENT_ANY
+
+
+def geometries(arrays: Dict[str, Any], version: int, schema: StoreSchema) -> Dict[str, Optional[_shards.Geometry]]:
+    """Geometry (with what may be absent) of each array, None where it is not sharded the usual way."""
+    import dataclasses
+
+    out: Dict[str, Optional[_shards.Geometry]] = {}
+    for name, a in arrays.items():
+        g = _shards.Geometry.from_array(a)
+        out[name] = None if g is None else dataclasses.replace(g, absent=absent_level(version, name, schema))
+    return out
 
 
 class _Part:
     """One part's arrays and its committed extent (rows past the commit are ignored)."""
 
     def __init__(self, name: str, group, schema: StoreSchema, arrays: Optional[Dict[str, Any]] = None,
-                 sample_rows: Optional[Dict[str, np.ndarray]] = None) -> None:
+                 sample_rows: Optional[Dict[str, np.ndarray]] = None, *, io: _shards.ByteIO, version: int,
+                 where: str = "store") -> None:
+        import dataclasses
+
         self.name = name
         self.group = group
+        self.io = io
         attrs = group.attrs.asdict()
         self.complete = bool(attrs.get("complete"))
-        committed = attrs.get("committed") or {}
+        committed = committed_attr(attrs, "%s/%s" % (where, name))
         self.committed = dict(committed)
         self.num_samples = int(committed.get("samples", 0))
         self.num_tokens = int(committed.get("tokens", 0))
@@ -81,19 +132,33 @@ class _Part:
         arrays = arrays or {}
         self.arrays = {n: arrays[n] if n in arrays else group[n] for n in names}
         s = self.num_samples
+        for n, a in self.arrays.items():  # committed rows beyond an array's length: impossible attributes
+            need = s + 1 if n == "offsets" else (s if n in schema.sample_array_specs() else self.num_tokens)
+            if int(a.shape[0]) < need:
+                raise TokalignError("store %s/%s is corrupt: %d rows committed but array %s has %d"
+                                    % (where, name, need, n, int(a.shape[0])))
+        #: where each array's objects lie and what of them may be absent (format 1: see absent_level)
+        self.geoms = geometries(self.arrays, version, schema)
         if sample_rows is None:
             sample_rows = dict(zip(_PER_SAMPLE, _read_prefixes([self.arrays[n] for n in _PER_SAMPLE],
-                                                                [s + 1, s, s, s])))
+                                                                [s + 1, s, s, s], io,
+                                                                [self.geoms[n] for n in _PER_SAMPLE])))
         self.offsets = np.asarray(sample_rows["offsets"], dtype=np.int64)
         if len(self.offsets) != s + 1 or int(self.offsets[-1]) != self.num_tokens:
             raise TokalignError("store part %s is corrupt: offsets do not end at the %d committed tokens"
                                 % (name, self.num_tokens))
+        if int(self.offsets[0]) != 0 or (s and int(np.diff(self.offsets).min()) < 0):
+            raise TokalignError("store %s/%s is corrupt: its offsets do not start at 0 and grow monotonically"
+                                % (where, name))
         self.seq_ce = np.asarray(sample_rows["seq_ce"], dtype=np.float32)
         self.valid = np.asarray(sample_rows["valid"], dtype=bool)
         self.nonfinite = np.asarray(sample_rows["nonfinite"], dtype=np.int32)
         self._ids: Optional[np.ndarray] = None
         # direct (zarr-free) read layouts of the token arrays; None for an array zarr must read
-        self.layouts = {n: _shards.ShardLayout.from_array(self.arrays[n]) for n in schema.token_array_specs()}
+        self.layouts = {}
+        for n in schema.token_array_specs():
+            lay = _shards.ShardLayout.from_array(self.arrays[n])
+            self.layouts[n] = None if lay is None else dataclasses.replace(lay, absent=absent_level(version, n, schema))
         # shard indexes never change once a part is complete: cache them (an open part may still be rewritten)
         self.index_cache: Optional[Dict[Any, np.ndarray]] = {} if self.complete else None
         # last decoded chunk-aligned token block (lo, hi, arrays): zarr decodes whole chunks anyway, so keeping
@@ -107,7 +172,8 @@ class _Part:
     @property
     def sample_ids(self) -> np.ndarray:
         if self._ids is None:
-            raw = self.arrays["sample_id"][: self.num_samples] if self.num_samples else np.zeros(0, dtype=object)
+            raw = (_read_prefixes([self.arrays["sample_id"]], [self.num_samples], self.io, [self.geoms["sample_id"]])[0]
+                   if self.num_samples else np.zeros(0, dtype=object))
             self._ids = np.asarray([str(x) for x in np.asarray(raw).tolist()], dtype=object)
         return self._ids
 
@@ -134,7 +200,9 @@ class StoreReader:
         #: read token rows without zarr's pipeline where the layout allows (see _shards); False: always zarr
         self.direct = bool(direct) and os.environ.get("TOKALIGN_STORE_DIRECT", "1") != "0"
         self.threads = int(threads or os.environ.get("TOKALIGN_STORE_THREADS") or DEFAULT_THREADS)
-        self._io = _shards.ByteIO(root.store) if self.direct else None
+        self._io = _shards.ByteIO(root.store, self.url)
+        #: root attribute format_version: 2 and later checksum every chunk (see docs/store.md, "Integrity")
+        self.format_version = format_version(self.attrs, self.url)
         self._pool: Optional[ThreadPoolExecutor] = None
 
     # -- sizes ------------------------------------------------------------------------------------------
@@ -330,7 +398,8 @@ class StoreReader:
             raws = _shards.read_rows(layouts, self._io, lo, hi, [part.num_tokens_stored(name) for name in names],
                                      pool=self._pool, carry=carry, index_cache=part.index_cache)
         else:
-            raws = _read_many([part.arrays[name] for name in names], lo, hi)
+            raws = _read_many([part.arrays[name] for name in names], lo, hi, self._io,
+                              [part.geoms[name] for name in names])
         out: Dict[str, np.ndarray] = {}
         for name, raw in zip(names, raws):
             if name == "topk_logits":
@@ -411,16 +480,21 @@ def store_status(url: Union[str, Path], storage_options: Optional[Dict[str, Any]
         root = _zarrio.open_root(url, mode="r", storage_options=storage_options)
     except TokalignError:
         return {"exists": False, "complete": False, "num_parts": 0, "parts": {}, "missing_parts": []}
-    return _status(root, {k: root[k] for k in root.group_keys() if PART_RE.match(k)})
+    return _status(root, {k: root[k] for k in root.group_keys() if PART_RE.match(k)}, str(url))
 
 
-def _status(root, part_groups: Dict[str, Any]) -> Dict[str, Any]:
+def _status(root, part_groups: Dict[str, Any], where: str = "store") -> Dict[str, Any]:
     attrs = root.attrs.asdict()
-    num_parts = int(attrs.get("num_parts", 0))
+    num_parts = num_parts_attr(attrs, where)
+    extra = sorted(n for n in part_groups if int(n[len("part-"):]) >= num_parts)
+    if extra:
+        raise TokalignError("store %s is inconsistent: it has %s but its root attribute num_parts=%d; the store's "
+                            "metadata is damaged or parts of two stores were mixed" % (where, ", ".join(extra[:3]),
+                                                                                       num_parts))
     parts = {}
     for name in sorted(part_groups):
         a = part_groups[name].attrs.asdict()
-        c = a.get("committed") or {}
+        c = committed_attr(a, "%s/%s" % (where, name))
         parts[name] = {"complete": bool(a.get("complete")), "samples": int(c.get("samples", 0)),
                        "tokens": int(c.get("tokens", 0))}
     missing = [part_name(i) for i in range(num_parts) if part_name(i) not in parts]
@@ -450,7 +524,7 @@ def open_store(url: Union[str, Path], *, expect_fingerprint: Optional[str] = Non
     # every part group and array's metadata in one concurrent listing (instead of one round trip each)
     members = dict(root.members(max_depth=None))
     groups = {k: v for k, v in members.items() if PART_RE.match(k) and isinstance(v, zarr.Group)}
-    status = _status(root, groups)
+    status = _status(root, groups, str(url))
     if not status["complete"] and not allow_incomplete:
         problems = ["%s missing" % m for m in status["missing_parts"]]
         problems += ["%s incomplete (%d samples committed)" % (n, p["samples"])
@@ -467,9 +541,19 @@ def open_store(url: Union[str, Path], *, expect_fingerprint: Optional[str] = Non
         if missing:
             raise TokalignError("store %s/%s is corrupt: array(s) %s missing" % (url, name, ", ".join(missing)))
     counts = [int((status["parts"][name])["samples"]) for name in names]
+    io = _shards.ByteIO(root.store, str(url))
+    version = format_version(root.attrs.asdict(), str(url))
+    for name, c in zip(names, counts):
+        for a in _PER_SAMPLE:
+            need = c + 1 if a == "offsets" else c
+            if int(arrays[name][a].shape[0]) < need:
+                raise TokalignError("store %s/%s is corrupt: %d rows committed but array %s has %d"
+                                    % (url, name, need, a, int(arrays[name][a].shape[0])))
+    geoms = [geometries({a: arrays[name][a]}, version, schema)[a] for name in names for a in _PER_SAMPLE]
     prefixes = _read_prefixes([arrays[name][a] for name in names for a in _PER_SAMPLE],
-                              [n for c in counts for n in (c + 1, c, c, c)])
-    parts = [_Part(name, groups[name], schema, arrays[name], dict(zip(_PER_SAMPLE, prefixes[4 * i: 4 * i + 4])))
+                              [n for c in counts for n in (c + 1, c, c, c)], io, geoms)
+    parts = [_Part(name, groups[name], schema, arrays[name], dict(zip(_PER_SAMPLE, prefixes[4 * i: 4 * i + 4])),
+                   io=io, version=version, where=str(url))
              for i, name in enumerate(names)]
     return StoreReader(url, root, schema, parts, complete=status["complete"], output=output, direct=direct,
                        threads=threads)

@@ -9,14 +9,20 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..errors import TokalignError
 
 FORMAT_NAME = "tokalign.logit-store"
-FORMAT_VERSION = 1
+#: 2: every chunk ends with the crc32c of its payload (zarr's crc32c codec) and every chunk under the committed
+#: rows is written (zarr's write_empty_chunks), so a missing object is loss; 1: neither (still read, unprotected)
+FORMAT_VERSION = 2
+CHECKSUMMED_SINCE = 2
+FORMAT_VERSIONS = (1, 2)
+#: part indices are 5 digits (part-00000 ... part-99999)
+MAX_PARTS = 100000
 
 PART_PREFIX = "part-"
 PART_RE = re.compile(r"^part-(\d{5})$")
@@ -220,9 +226,10 @@ class StoreSchema:
         """Rebuild the schema from root-group attributes; a clear error when they are not a tokalign store."""
         if attrs.get("format") != FORMAT_NAME:
             raise TokalignError("%s is not a tokalign logit store (root attribute format=%r)" % (where, attrs.get("format")))
-        if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+        version = format_version(attrs, where)
+        if version > FORMAT_VERSION:
             raise TokalignError("%s has format_version %s; this tokalign reads up to %d (upgrade tokalign)"
-                                % (where, attrs.get("format_version"), FORMAT_VERSION))
+                                % (where, version, FORMAT_VERSION))
         try:
             ch = attrs["chunks"]
             return cls(model=attrs["model"], tokenizer_fingerprint=attrs["tokenizer_fingerprint"],
@@ -235,23 +242,86 @@ class StoreSchema:
                        codec=str(ch.get("compressor", {}).get("cname", "zstd")))
         except KeyError as exc:
             raise TokalignError("%s: root attribute %s is missing" % (where, exc))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise TokalignError("%s: root attributes are not a valid store schema (%s)" % (where, exc)) from None
 
     def identity(self) -> Dict[str, Any]:
-        """The fields that must agree between parts of one store and between a store and its resumer."""
+        """The fields that must agree between parts of one store and between a store and its resumer (the format
+        version is not one: a writer continues a store in the format it was created in)."""
         d = self.to_attrs()
         d.pop("tokalign_version")
+        d.pop("format_version")
         return d
 
     def replace(self, **changes: Any) -> "StoreSchema":
         return dataclasses.replace(self, **changes)
 
 
-def describe_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    """'field: a != b' for the first differing top-level field (for error messages)."""
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            return "%s: %r != %r" % (key, a.get(key), b.get(key))
-    return "no difference"
+def _int_attr(value: Any, what: str, where: str, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], else a one-line error naming the attribute (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
+        raise TokalignError("%s: attribute %s=%r is impossible (an integer in [%d, %d] expected); the store's "
+                            "metadata is damaged or was edited" % (where, what, value, lo, hi))
+    return int(value)
+
+
+def format_version(attrs: Mapping[str, Any], where: str = "store") -> int:
+    """The root attribute ``format_version`` (checked: 1 or more)."""
+    return _int_attr(attrs.get("format_version"), "format_version", where, 1, 1 << 30)
+
+
+def num_parts_attr(attrs: Mapping[str, Any], where: str = "store") -> int:
+    """The root attribute ``num_parts`` (checked: 1 .. MAX_PARTS; absent = 0, a root no writer finished creating)."""
+    if "num_parts" not in attrs:
+        return 0
+    return _int_attr(attrs.get("num_parts"), "num_parts", where, 1, MAX_PARTS)
+
+
+def committed_attr(attrs: Mapping[str, Any], where: str) -> Dict[str, int]:
+    """A part's ``committed`` counts, each a non-negative int (absent = 0)."""
+    committed = attrs.get("committed")
+    if committed is None:
+        committed = {}
+    if not isinstance(committed, Mapping):
+        raise TokalignError("%s: attribute committed=%r is impossible (a mapping of counts expected); the store's "
+                            "metadata is damaged or was edited" % (where, committed))
+    return {k: _int_attr(v, "committed.%s" % k, where, 0, 1 << 62) for k, v in committed.items()}
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_difference(a: Mapping[str, Any], b: Mapping[str, Any], limit: int = 6) -> str:
+    """The differing fields of two attribute dicts, by dotted path, values shortened (for error messages):
+    ``k: 10 != 3; chunks.compressor: {'cname': 'lz4'} != {'cname': 'zstd'}``. Where two dicts differ only in
+    plain values, those entries are shown side by side as small dicts."""
+    out: List[str] = []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            keys = sorted(set(x) | set(y), key=str)
+            differ = [k for k in keys if x.get(k) != y.get(k)]
+            nested = [k for k in differ if isinstance(x.get(k), Mapping) and isinstance(y.get(k), Mapping)]
+            plain = [k for k in differ if k not in nested]
+            if path and plain:
+                def side(d: Mapping[str, Any]) -> str:
+                    return "{%s}" % ", ".join("%r: %s" % (k, _short(d[k], 60)) for k in plain if k in d)
+
+                out.append("%s: %s != %s" % (path, side(x), side(y)))
+            elif plain:
+                out.extend("%s: %s != %s" % (k, _short(x.get(k)), _short(y.get(k))) for k in plain)
+            for k in nested:
+                walk(x[k], y[k], "%s.%s" % (path, k) if path else str(k))
+        elif x != y:
+            out.append("%s: %s != %s" % (path or "value", _short(x), _short(y)))
+
+    walk(a, b, "")
+    if not out:
+        return "no difference"
+    more = "; and %d more" % (len(out) - limit) if len(out) > limit else ""
+    return "; ".join(out[:limit]) + more
 
 
 # -- bfloat16 <-> float32, exact and vectorised (numpy has no bfloat16) ------------------------------

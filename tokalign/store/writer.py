@@ -8,7 +8,7 @@ stores), so rows that were committed before a kill are never torn.
 
 What a batch must hold, and the checks it passes before anything is buffered, are in
 :mod:`tokalign.store.validate`; this module holds the part's lifecycle (create / resume / close), buffering,
-shard writes and commits. It stays one ~500-line class on purpose: buffering, shard writes, commits and the
+shard writes and commits. It stays one ~600-line class on purpose: buffering, shard writes, commits and the
 resume cut all move the same counters (written rows, committed samples and tokens), and that invariant is
 easiest to check in one place.
 """
@@ -26,7 +26,9 @@ import numpy as np
 
 from ..errors import TokalignError
 from . import _shards, _zarrio
-from .schema import PART_RE, StoreSchema, describe_difference, part_name
+from .lock import PartLock
+from .schema import (CHECKSUMMED_SINCE, FORMAT_VERSION, FORMAT_VERSIONS, PART_RE, StoreSchema,
+                     describe_difference, format_version, num_parts_attr, part_name)
 from .validate import PackedBatch, check_batch, pack_arrays, pack_samples
 
 _POLICIES = ("error", "skip")
@@ -53,12 +55,16 @@ class StoreWriter:
     * ``direct`` (default True; ``TOKALIGN_STORE_DIRECT=0`` turns it off): shards that start on a shard
       boundary are encoded by tokalign (``tokalign.store._shards``) and put as one object each; rows that
       continue a shard begun earlier always go through zarr. The objects are identical in format to zarr's.
+
+    A writer of a local store holds the part's lock file (:mod:`tokalign.store.lock`) from ``create`` /
+    ``resume`` until :meth:`close`, an exception leaving its ``with`` block, or :meth:`abort`.
     """
 
     def __init__(self, url: Union[str, Path], schema: StoreSchema, root, group, *, part: int,
                  flush_tokens: int = 65536, on_duplicate: str = "error", on_empty: str = "skip",
                  whole_shards: Optional[bool] = None, encode_threads: Optional[int] = None,
-                 direct: bool = True) -> None:
+                 direct: bool = True, _lock: Optional[PartLock] = None) -> None:
+        self._lock = _lock  # first, so that __del__ can release it whatever fails below
         if on_duplicate not in _POLICIES or on_empty not in _POLICIES:
             raise TokalignError("on_duplicate / on_empty must be one of %s" % ", ".join(_POLICIES))
         self.url = str(url)
@@ -73,7 +79,12 @@ class StoreWriter:
         self._group = group
         self._token_specs = schema.token_array_specs()
         self._sample_specs = schema.sample_array_specs()
-        self._arrays = {name: group[name] for name in list(self._token_specs) + list(self._sample_specs)}
+        arrays = {name: group[name] for name in list(self._token_specs) + list(self._sample_specs)}
+        #: format 2 writes every chunk, also those holding only the fill value (absence = loss for readers)
+        self.format_version = format_version(root.attrs.asdict(), str(url))
+        if self.format_version >= CHECKSUMMED_SINCE:
+            arrays = {name: _zarrio.writable(a) for name, a in arrays.items()}
+        self._arrays = arrays
         committed = dict(group.attrs.get("committed") or {})
         self._committed: Dict[str, int] = {key: int(committed.get(key, 0)) for key in
                                            ("samples", "tokens", "skipped_empty", "skipped_duplicate",
@@ -105,16 +116,35 @@ class StoreWriter:
     @classmethod
     def create(cls, url: Union[str, Path], schema: StoreSchema, *, part: int = 0, num_parts: int = 1,
                overwrite: bool = False, storage_options: Optional[Dict[str, Any]] = None,
-               **options: Any) -> "StoreWriter":
+               format_version: int = FORMAT_VERSION, **options: Any) -> "StoreWriter":
         """Start part ``part`` of ``num_parts`` of a new (or partly written, multi-rank) store at ``url``.
 
         Ranks call this concurrently with the same schema; each writes only its own part. An existing part is
-        an error unless ``overwrite=True`` (which deletes that part only).
+        an error unless ``overwrite=True`` (which deletes that part only). ``format_version=1`` writes the
+        older format (no chunk checksums, chunks holding only the fill value left out) that tokalign releases
+        before format 2 read; a part added to an existing store always takes the store's format.
         """
         if not 0 <= int(part) < int(num_parts):
             raise TokalignError("part %d is outside [0, num_parts=%d)" % (part, num_parts))
+        if int(num_parts) > 100000:
+            raise TokalignError("num_parts=%d is more than the 100000 parts a store can hold" % int(num_parts))
+        if format_version not in FORMAT_VERSIONS:
+            raise TokalignError("format_version must be one of %s" % ", ".join(map(str, FORMAT_VERSIONS)))
         root = _zarrio.open_root(url, mode="a", storage_options=storage_options)
-        wanted = dict(schema.to_attrs(), num_parts=int(num_parts))
+        name = part_name(part)
+        lock = _acquire(url, root, name)
+        try:
+            return cls._create(url, schema, root, part, num_parts, overwrite, storage_options, format_version,
+                               lock, options)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _create(cls, url, schema: StoreSchema, root, part: int, num_parts: int, overwrite: bool,
+                storage_options, version: int, lock: Optional[PartLock], options: Dict[str, Any]) -> "StoreWriter":
+        wanted = dict(schema.to_attrs(), num_parts=int(num_parts), format_version=int(version))
         name = part_name(part)
         if "format" not in root.attrs:
             foreign = [k for k in root.keys() if not PART_RE.match(k)]
@@ -126,7 +156,9 @@ class StoreWriter:
                 root.update_attributes(wanted)
         if "format" in root.attrs:
             have = StoreSchema.from_attrs(root.attrs.asdict(), where=str(url))
-            same = have.identity() == schema.identity() and int(root.attrs.get("num_parts", -1)) == int(num_parts)
+            version = format_version(root.attrs.asdict(), str(url))
+            same = (have.identity() == schema.identity()
+                    and num_parts_attr(root.attrs.asdict(), str(url)) == int(num_parts))
             if not same:
                 others = [k for k in root.group_keys() if k != name]
                 if not (overwrite and not others):
@@ -146,14 +178,17 @@ class StoreWriter:
             "writer": {"host": socket.gethostname(), "pid": os.getpid()},
             "committed": {"samples": 0, "tokens": 0},
         })
+        checksum = int(root.attrs.get("format_version", version)) >= CHECKSUMMED_SINCE
         for arr_name, (dtype, tail) in schema.token_array_specs().items():
             _zarrio.create_array(group, arr_name, dtype, tail, 0, schema.chunk_tokens, schema.shard_tokens,
-                                 schema.compression_level, schema.codec)
+                                 schema.compression_level, schema.codec, checksum=checksum)
         for arr_name, (dtype, tail) in schema.sample_array_specs().items():
             _zarrio.create_array(group, arr_name, dtype, tail, 1 if arr_name == "offsets" else 0,
-                                 schema.chunk_samples, schema.shard_samples, schema.compression_level, schema.codec)
-        group["offsets"][0:1] = np.zeros(1, dtype=np.int64)
-        return cls(url, schema, root, group, part=part, **options)
+                                 schema.chunk_samples, schema.shard_samples, schema.compression_level, schema.codec,
+                                 checksum=checksum)
+        writer = cls(url, schema, root, group, part=part, _lock=lock, **options)
+        writer._arrays["offsets"][0:1] = np.zeros(1, dtype=np.int64)
+        return writer
 
     @classmethod
     def resume(cls, url: Union[str, Path], *, part: int = 0, schema: Optional[StoreSchema] = None,
@@ -173,9 +208,15 @@ class StoreWriter:
             raise TokalignError("cannot resume %s: it has no %s (start it with StoreWriter.create)" % (url, name))
         group = root[name]
         if group.attrs.get("complete"):
-            raise TokalignError("cannot resume %s/%s: it is already complete (nothing to do; pass overwrite=True "
-                                "to StoreWriter.create to rewrite it)" % (url, name))
-        writer = cls(url, have, root, group, part=part, **options)
+            raise TokalignError("cannot resume %s/%s: it is already complete (nothing to do; start it over with "
+                                "overwrite (--overwrite on the command line) to rewrite it)" % (url, name))
+        lock = _acquire(url, root, name)
+        try:
+            writer = cls(url, have, root, group, part=part, _lock=lock, **options)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         writer._truncate_to_commit()
         writer._ids = set(writer._read_ids(writer.committed_samples))
         group.update_attributes({"updated_at": _now(), "writer": {"host": socket.gethostname(), "pid": os.getpid()},
@@ -320,9 +361,15 @@ class StoreWriter:
         """
         self._flush(aligned=False)
 
+    def _check_current(self) -> None:
+        if self._lock is not None and self._lock.superseded:
+            raise TokalignError("%s/%s: this writer was superseded by a newer writer of the same part in this process; "
+                                "it writes nothing more" % (self.url, part_name(self.part)))
+
     def _flush(self, aligned: bool) -> None:
         """Write pending token rows (``aligned``: only up to the last shard boundary), then commit every
         sample whose rows are all written."""
+        self._check_current()
         end = self._written + self._rows_pending
         target = end
         if aligned:
@@ -452,7 +499,27 @@ class StoreWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._release()
         return self.summary()
+
+    def abort(self) -> None:
+        """Stop writing without closing: what is committed stays (the part stays incomplete, resumable) and the
+        lock is released. For callers that do not use the writer as a context manager and hit an error."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._release()
+
+    def _release(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
+
+    def __del__(self) -> None:
+        try:
+            self._release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def summary(self) -> Dict[str, Any]:
         c = self._committed
@@ -476,8 +543,10 @@ class StoreWriter:
                 self.flush()
             except Exception:
                 pass
+            self.abort()
 
     def _check_open(self) -> None:
+        self._check_current()
         if self._closed:
             raise TokalignError("%s/%s is closed (complete); nothing more can be appended"
                                 % (self.url, part_name(self.part)))
@@ -502,7 +571,21 @@ class StoreWriter:
                                 % (self.url, part_name(self.part), s, int(self._arrays["offsets"][s]), t))
 
     def _read_ids(self, n: int) -> List[str]:
-        return [str(x) for x in self._arrays["sample_id"][:n].tolist()] if n else []
+        if not n:
+            return []
+        geom = _shards.Geometry.from_array(self._arrays["sample_id"])
+        if geom is not None and self.format_version >= CHECKSUMMED_SINCE:  # a lost shard would read as ""
+            _shards.check_present([(geom, 0, n)], _shards.ByteIO(self._group.store, self.url))
+        return [str(x) for x in self._arrays["sample_id"][:n].tolist()]
+
+
+def _acquire(url: Union[str, Path], root, name: str) -> Optional[PartLock]:
+    """The part's lock for a local store (None for other filesystems: docs/store.md, "Integrity")."""
+    from zarr.storage import LocalStore
+
+    if not isinstance(root.store, LocalStore):
+        return None
+    return PartLock.acquire(Path(root.store.root), name, str(url))
 
 
 def open_writer(url: Union[str, Path], schema: StoreSchema, **kwargs: Any) -> StoreWriter:
