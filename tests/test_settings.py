@@ -17,7 +17,7 @@ from tokalign.errors import TokalignError
 ROOT = Path(__file__).resolve().parent.parent
 NAME = re.compile(r"TOKALIGN_[A-Z_]+\b")
 # modules that still read their variables from os.environ (tokalign/store is being reworked in parallel)
-READS_ENVIRON_DIRECTLY = {"tokalign/store/reader.py", "tokalign/store/writer.py"}
+READS_ENVIRON_DIRECTLY: set = set()
 
 
 def _sources():

@@ -221,5 +221,6 @@ def format_text(r: Dict[str, Any]) -> str:
     if r.get("damage"):
         add("  %d problem(s): restore the store from a good copy or re-create it" % len(r["damage"]))
     elif not r["complete"]:
-        add("  incomplete: resume the writer (StoreWriter.resume(url, part=N) or the dump's --resume)")
+        add("  incomplete: run the same `tokalign dump-logits` / `tokalign remap` command again to resume it "
+            "(StoreWriter.resume(url, part=N) from Python)")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import zarr
 
+from .. import settings
 from ..errors import TokalignError
 from . import _shards, _zarrio
 from .gather import CACHE_BYTES, MIN_RUN_ROWS, ChunkGather
@@ -198,8 +199,8 @@ class StoreReader:
         self._token_names = list(schema.token_array_specs())
         self.extra_names = [e.name for e in schema.extras]
         #: read token rows without zarr's pipeline where the layout allows (see _shards); False: always zarr
-        self.direct = bool(direct) and os.environ.get("TOKALIGN_STORE_DIRECT", "1") != "0"
-        self.threads = int(threads or os.environ.get("TOKALIGN_STORE_THREADS") or DEFAULT_THREADS)
+        self.direct = bool(direct) and settings.get_bool("TOKALIGN_STORE_DIRECT")
+        self.threads = int(threads or settings.get_int("TOKALIGN_STORE_THREADS") or DEFAULT_THREADS)
         self._io = _shards.ByteIO(root.store, self.url)
         #: root attribute format_version: 2 and later checksum every chunk (see docs/store.md, "Integrity")
         self.format_version = format_version(self.attrs, self.url)
@@ -529,8 +530,9 @@ def open_store(url: Union[str, Path], *, expect_fingerprint: Optional[str] = Non
         problems = ["%s missing" % m for m in status["missing_parts"]]
         problems += ["%s incomplete (%d samples committed)" % (n, p["samples"])
                      for n, p in status["parts"].items() if not p["complete"]]
-        raise TokalignError("store %s is incomplete: %s; resume the writer (StoreWriter.resume(url, part=N), or "
-                            "re-run the dump with --resume) or open it with allow_incomplete=True"
+        raise TokalignError("store %s is incomplete: %s; resume the writer (run the same `tokalign dump-logits` / "
+                            "`tokalign remap` command again, or StoreWriter.resume(url, part=N)) or open it with "
+                            "allow_incomplete=True"
                             % (url, "; ".join(problems) or "no parts"))
     names = sorted(status["parts"])
     arrays = {name: {k.split("/", 1)[1]: v for k, v in members.items() if k.startswith(name + "/")

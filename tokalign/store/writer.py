@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import settings
 from ..errors import TokalignError
 from . import _shards, _zarrio
 from .lock import PartLock
@@ -102,11 +103,11 @@ class StoreWriter:
         self.truncated_tokens = 0
         self.truncated_samples = 0
         # direct shard writes (tokalign.store._shards) where zarr's layout allows; None: zarr writes the array
-        use_direct = bool(direct) and os.environ.get("TOKALIGN_STORE_DIRECT", "1") != "0"
+        use_direct = bool(direct) and settings.get_bool("TOKALIGN_STORE_DIRECT")
         self._layouts = {name: _shards.ShardLayout.from_array(self._arrays[name]) if use_direct else None
                          for name in self._token_specs}
         self._io = _shards.ByteIO(group.store) if use_direct else None
-        self.encode_threads = int(encode_threads or os.environ.get("TOKALIGN_STORE_THREADS") or
+        self.encode_threads = int(encode_threads or settings.get_int("TOKALIGN_STORE_THREADS") or
                                   max(1, min(2, os.cpu_count() or 1)))
         self._pool: Optional[ThreadPoolExecutor] = None
         #: seconds / CPU seconds spent writing token rows (encode + store), for benchmarks
@@ -170,8 +171,9 @@ class StoreWriter:
         if name in root:
             if not overwrite:
                 state = "complete" if root[name].attrs.get("complete") else "incomplete"
-                raise TokalignError("store %s already has %s (%s): resume it (StoreWriter.resume / --resume) or pass "
-                                    "overwrite=True" % (url, name, state))
+                raise TokalignError("store %s already has %s (%s): resume it (run the same command again; "
+                                    "StoreWriter.resume from Python) or rewrite it (--overwrite; overwrite=True from "
+                                    "Python)" % (url, name, state))
             del root[name]
         group = root.create_group(name, attributes={
             "part": int(part), "complete": False, "created_at": _now(), "updated_at": _now(),
