@@ -366,3 +366,21 @@ def test_writer_errors_reach_the_caller(world, tmp_path, prefetch):
     done = open_store(str(tmp_path / "w.zarr"))
     batches = token_budget_batches(a.lengths, 300)
     assert done.sample_ids == [a.sample_ids[i] for i in np.concatenate(batches[:2]).tolist()]
+
+
+def test_swapped_stores_are_named_as_a_swap(world, tmp_path, tokenizers_dir, capsys):
+    """--pivot-store / --source-store given the other way round: one line saying they look swapped."""
+    from tokalign.cli import main
+
+    d = world["dir"]
+    common = ["--map", str(d / "map"), "--tokenizer-dir", str(tokenizers_dir)]
+    capsys.readouterr()
+    assert main(["remap", "--pivot-store", str(d / "source.zarr"), "--source-store", str(d / "pivot.zarr"),
+                 "--pivot", "openchat", "--source", "internlm2", "--out", str(tmp_path / "o"),
+                 *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "swapped" in err, err
+    assert main(["remap", "--pivot-store", str(d / "source.zarr"), "--source-store", str(d / "pivot.zarr"),
+                 "--out", str(tmp_path / "o2"), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "swapped" in err, err

@@ -164,9 +164,12 @@ def run_stores(pivot_store: PathOrStore, source_store: PathOrStore, vocab_map: A
     tok_s = _tokenizer(b.schema, opt.source_tokenizer, "source", opt.tokenizer_dir)
     for store, tok, which, path in ((a, tok_p, "pivot", a_url), (b, tok_s, "source", b_url)):
         if tok.fingerprint != store.schema.tokenizer_fingerprint:
+            other = b if store is a else a
+            hint = ("; it is the other store's tokenizer: are --pivot-store and --source-store swapped?"
+                    if tok.fingerprint == other.schema.tokenizer_fingerprint else "")
             raise TokalignError(f"{path}: the {which} store was written with tokenizer fingerprint "
-                                f"{store.schema.tokenizer_fingerprint}, but the {which} tokenizer {tok.name} has "
-                                f"{tok.fingerprint}")
+                                f"{store.schema.tokenizer_fingerprint} (model {store.schema.model}), but the {which} "
+                                f"tokenizer {tok.name} has {tok.fingerprint}{hint}")
     vmap, map_name = _load_map(vocab_map, a.schema.tokenizer_fingerprint, b.schema.tokenizer_fingerprint)
     pm = prepare_map(vmap.matrix)
     if pm.pivot_vocab < tok_p.vocab_size or pm.source_vocab < tok_s.vocab_size:
