@@ -51,6 +51,8 @@ _FUSION_FIELDS = (
     "on_missing",
     "max_length",
     "pad_to_multiple_of",
+    "fused_output_loss",
+    "fused_output_chunk_mb",
 )
 
 

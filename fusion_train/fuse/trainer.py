@@ -18,11 +18,17 @@ How it matches FuseChat's ``DistillTrainer.compute_loss`` (``distill_greater_as_
   ``softmax(logits / T)`` (``tail="renormalize"``). We gather the student's log-probs at the top-k
   ids instead of materialising ``target_dist [B, L, V]``.
 - ``loss = lm_loss_weight * loss + (1 - lm_loss_weight) * loss_lm`` with ``lm_loss_weight = 0.9``.
+- ``fused_output_loss=True`` (the default): the same loss from the decoder's final hidden states and the
+  output layer, chunk by chunk, never holding ``[B, L, V]`` logits (:mod:`fusion_train.fused_output`); the
+  model runs with ``logits_to_keep=1`` and its last-position logits are checked against the output layer
+  on the first batch. FSDP, ZeRO-3, models without a separate decoder body / ``logits_to_keep`` and a failed
+  check fall back to the logits (one warning).
 - Gradient accumulation: both FuseChat and we return a per-micro-batch mean that Trainer divides
   by the number of accumulation steps (``loss_is_scaled_for_ga = False``).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -33,6 +39,8 @@ from .data import FusionCollator
 from .losses import TeacherTargets, combine_losses, fusion_loss, sft_loss
 
 __all__ = ["FusionTrainer"]
+
+logger = logging.getLogger(__name__)
 
 TEACHER_KEY = "teachers"
 FUSION_MASK_KEY = "fusion_mask"
@@ -83,6 +91,8 @@ class FusionTrainer(Trainer):
             teacher_names = getattr(train_dataset, "names", None)
         self.teacher_names: Optional[List[str]] = list(teacher_names) if teacher_names is not None else None
         self._reset_fusion_metrics()
+        self._fused_off: Optional[str] = None  # None: not decided yet; "": fused; else why not
+        self._fused_checked = False
 
     # ---- loss ---------------------------------------------------------------------------------
 
@@ -96,12 +106,82 @@ class FusionTrainer(Trainer):
             inputs[TEACHER_KEY] = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in teachers]
         return inputs
 
+    def _fused_reason(self, model) -> Optional[str]:
+        """Why this run cannot use the fused output loss (None when it can); decided once."""
+        if self._fused_off is None:
+            from fusion_train.fused_output import fuse_unsupported
+
+            reason = None
+            if self.is_fsdp_enabled:
+                reason = "FSDP shards the output layer's weight outside its forward"
+            elif self.is_deepspeed_enabled and getattr(
+                getattr(self.accelerator.state, "deepspeed_plugin", None), "zero_stage", 0
+            ) == 3:
+                reason = "DeepSpeed ZeRO-3 partitions the output layer's weight outside its forward"
+            else:
+                reason = fuse_unsupported(model)
+            self._fused_off = reason or ""
+            if reason:
+                logger.warning("fused_output_loss: %s; computing the loss from the model's logits", reason)
+        return self._fused_off or None
+
+    def _fused_loss(self, model, inputs, labels, teachers, fusion_mask):
+        """The loss from the decoder's hidden states (:mod:`fusion_train.fused_output`); None when the model's
+        own last-position logits disagree with its output layer (checked on the first batch)."""
+        from fusion_train.fused_output import forward_hidden, fused_fusion_loss, head_mismatch, output_head
+
+        args: FusionConfig = self.args
+        hidden, outputs = forward_hidden(model, **inputs)
+        head = output_head(model)
+        if not self._fused_checked:
+            reason = head_mismatch(head, hidden, outputs)
+            self._fused_checked = True
+            if reason:
+                self._fused_off = "%s: %s" % (type(getattr(model, "module", model)).__name__, reason)
+                logger.warning("fused_output_loss: %s; computing the loss from the model's logits", self._fused_off)
+                return None
+        use_fusion = args.lambda_sft < 1.0
+        fused = fused_fusion_loss(
+            hidden,
+            head,
+            teachers if use_fusion else None,
+            labels=labels,
+            lambda_sft=args.lambda_sft,
+            mask=fusion_mask,
+            fusion=args.fusion,
+            granularity=args.granularity,
+            include_pivot=args.include_pivot,
+            kind=args.distill_loss,
+            tail=args.tail,
+            temperature=args.temperature,
+            chunk_mb=args.fused_output_chunk_mb,
+        )
+        fusion_value = fused.fusion if use_fusion else torch.zeros((), device=hidden.device)
+        return fused.loss, fused.sft, fusion_value, (fused if use_fusion else None), outputs
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """``lambda_sft * SFT + (1 - lambda_sft) * fusion``; records the parts for logging."""
         args: FusionConfig = self.args
         teachers = [TeacherTargets.from_dict(t) for t in inputs.pop(TEACHER_KEY)]
         fusion_mask = inputs.pop(FUSION_MASK_KEY)
         labels = inputs.pop("labels")
+        result = None
+        if args.fused_output_loss and self._fused_reason(model) is None:
+            result = self._fused_loss(model, inputs, labels, teachers, fusion_mask)
+        if result is not None:
+            loss, sft, fusion_value, fused, outputs = result
+        else:
+            loss, sft, fusion_value, fused, outputs = self._logits_loss(model, inputs, labels, teachers, fusion_mask)
+        if model.training:
+            self._record(sft, fusion_value, fused, teachers, fusion_mask)
+        if return_outputs:
+            outputs.loss = loss
+            return loss, outputs
+        return loss
+
+    def _logits_loss(self, model, inputs, labels, teachers, fusion_mask):
+        """The loss from the model's ``[B, L, V]`` logits (``fused_output_loss=False``)."""
+        args: FusionConfig = self.args
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits
         if args.lambda_sft < 1.0:
@@ -123,13 +203,7 @@ class FusionTrainer(Trainer):
             fused = None
             sft = sft_loss(logits, labels)
             fusion_value = torch.zeros((), device=logits.device)
-        loss = combine_losses(sft, fusion_value, args.lambda_sft)
-        if model.training:
-            self._record(sft, fusion_value, fused, teachers, fusion_mask)
-        if return_outputs:
-            outputs.loss = loss
-            return loss, outputs
-        return loss
+        return combine_losses(sft, fusion_value, args.lambda_sft), sft, fusion_value, fused, outputs
 
     # ---- logging ------------------------------------------------------------------------------
 
