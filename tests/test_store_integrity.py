@@ -371,3 +371,31 @@ def test_remap_refuses_damaged_input_then_resumes(world, tmp_path, tokenizers_di
     # an input as --out is refused
     assert main(_remap_argv(d / "pivot.zarr", source, world, source, tokenizers_dir)) == 2
     assert "input stores" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["zarr.json", "part-00000/topk_ids/zarr.json"])
+def test_unreadable_metadata_is_one_line(tmp_path, capsys, where):
+    """A root or array zarr.json that is not JSON: one line naming the store, from readers, writers and
+    `tokalign inspect` (exit 2), never a traceback."""
+    path = _store(tmp_path)
+    (path / where).write_text('{"zarr_format": 3, "node_type": "gro')
+    _one_line_error(lambda: open_store(str(path)), str(path), "metadata", "unreadable")
+    code, text = _inspect(path, capsys=capsys)
+    assert code == 2 and "unreadable" in text and "Traceback" not in text
+    if where == "zarr.json":  # (a damaged part is what overwrite=True replaces)
+        _one_line_error(lambda: StoreWriter.create(str(path), make_schema(), part=0, overwrite=True), "unreadable")
+
+
+def test_writer_refuses_a_folder_that_is_not_a_store(tmp_path):
+    """An output folder holding other files (a model, a dataset) never gets a store written into it."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    _one_line_error(lambda: StoreWriter.create(str(folder), make_schema()), "not empty and is not a tokalign store")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    _one_line_error(lambda: StoreWriter.create(str(afile), make_schema()), "not a folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    StoreWriter.create(str(empty), make_schema()).close()  # an empty folder is fine

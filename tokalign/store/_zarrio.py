@@ -40,8 +40,35 @@ def make_store(url: StoreURL, *, read_only: bool, storage_options: Optional[Dict
     return FsspecStore.from_url(str(url), storage_options=storage_options, read_only=read_only)
 
 
+class StoreNotFoundError(TokalignError):
+    """Nothing (no Zarr group) at the URL; other open errors mean a store that is there but damaged."""
+
+
+#: what zarr raises for a zarr.json that is not JSON (JSONDecodeError is a ValueError) or not valid metadata
+METADATA_ERRORS = (ValueError, TypeError, KeyError)
+
+
+def metadata_error(url: StoreURL, exc: BaseException, what: str = "zarr.json metadata") -> TokalignError:
+    """The one line for unreadable Zarr metadata in the store at ``url``."""
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return TokalignError("store %s: its %s is unreadable (%s: %s); restore the store from a good copy or re-create "
+                         "it" % (url, what, type(exc).__name__, detail))
+
+
+def members(root: zarr.Group, url: StoreURL) -> Dict[str, Any]:
+    """Every group and array below ``root`` by path (one concurrent listing), or a one-line TokalignError
+    when a part's or an array's zarr.json is unreadable."""
+    try:
+        return dict(root.members(max_depth=None))
+    except METADATA_ERRORS as exc:
+        raise metadata_error(url, exc, "part or array metadata (a zarr.json below the root)") from None
+
+
 def open_root(url: StoreURL, *, mode: str, storage_options: Optional[Dict[str, Any]] = None) -> zarr.Group:
     """Open the root group (``mode`` 'r', 'r+' or 'a'); a missing store is a TokalignError naming the URL."""
+    local = _local_path(url)
+    if mode != "r" and local is not None:
+        _refuse_foreign_folder(local.expanduser(), url)
     store = make_store(url, read_only=(mode == "r"), storage_options=storage_options)
     try:
         try:
@@ -51,7 +78,19 @@ def open_root(url: StoreURL, *, mode: str, storage_options: Optional[Dict[str, A
             return zarr.open_group(store, mode="r+")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.NodeTypeValidationError,
             zarr.errors.ContainsArrayError) as exc:
-        raise TokalignError("no tokalign store at %s (%s)" % (url, exc)) from None
+        raise StoreNotFoundError("no tokalign store at %s (%s)" % (url, exc)) from None
+    except METADATA_ERRORS as exc:
+        raise metadata_error(url, exc) from None
+
+
+def _refuse_foreign_folder(path: Path, url: StoreURL) -> None:
+    """A writer never adds a store's objects into a folder that holds something else (a model, a dataset):
+    an existing local folder must be a Zarr store (zarr.json at its top) or empty."""
+    if path.exists() and not path.is_dir():
+        raise TokalignError("%s: exists and is not a folder; choose another output path" % url)
+    if path.is_dir() and not (path / "zarr.json").is_file() and any(path.iterdir()):
+        raise TokalignError("%s: folder is not empty and is not a tokalign store; choose a new or empty output "
+                            "folder" % url)
 
 
 def exists(url: StoreURL, storage_options: Optional[Dict[str, Any]] = None) -> bool:
@@ -59,7 +98,7 @@ def exists(url: StoreURL, storage_options: Optional[Dict[str, Any]] = None) -> b
     try:
         open_root(url, mode="r", storage_options=storage_options)
         return True
-    except TokalignError:
+    except StoreNotFoundError:
         return False
 
 

@@ -479,9 +479,11 @@ def store_status(url: Union[str, Path], storage_options: Optional[Dict[str, Any]
     """Completeness of a store without opening its arrays: {exists, complete, num_parts, parts: {...}}."""
     try:
         root = _zarrio.open_root(url, mode="r", storage_options=storage_options)
-    except TokalignError:
+    except _zarrio.StoreNotFoundError:
         return {"exists": False, "complete": False, "num_parts": 0, "parts": {}, "missing_parts": []}
-    return _status(root, {k: root[k] for k in root.group_keys() if PART_RE.match(k)}, str(url))
+    members = _zarrio.members(root, url)
+    return _status(root, {k: v for k, v in members.items() if PART_RE.match(k) and isinstance(v, zarr.Group)},
+                   str(url))
 
 
 def _status(root, part_groups: Dict[str, Any], where: str = "store") -> Dict[str, Any]:
@@ -523,7 +525,7 @@ def open_store(url: Union[str, Path], *, expect_fingerprint: Optional[str] = Non
                             "to a different tokenizer" % (url, schema.tokenizer_fingerprint, schema.model,
                                                           expect_fingerprint))
     # every part group and array's metadata in one concurrent listing (instead of one round trip each)
-    members = dict(root.members(max_depth=None))
+    members = _zarrio.members(root, url)
     groups = {k: v for k, v in members.items() if PART_RE.match(k) and isinstance(v, zarr.Group)}
     status = _status(root, groups, str(url))
     if not status["complete"] and not allow_incomplete:
