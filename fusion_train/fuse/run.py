@@ -154,6 +154,22 @@ def run(
     teacher_stores = list(teacher_stores)
     names = _teacher_names(teacher_stores, teacher_names)
     model_dir = str(model) if isinstance(model, (str, os.PathLike)) else None
+    gguf_fingerprint = None
+    if model_dir is not None:
+        from tokalign.models.cache import converted_dir, lookup_model_alias
+        from tokalign.models.gguf import is_gguf
+
+        if not Path(model_dir).exists() and lookup_model_alias(model_dir) is not None:
+            model_dir = str(converted_dir(model_dir))  # smollm2-135m-instruct / gemma3-270m: an HF folder, cached
+        elif is_gguf(model_dir):  # de-quantised here (a GGUF file has no config.json for the checks below)
+            from tokalign.tokenize.gguf import load_gguf_tokenizer
+
+            gguf_tokenizer = load_gguf_tokenizer(Path(model_dir), name=model_dir)
+            gguf_fingerprint = gguf_tokenizer.fingerprint
+            if processing_class is None:
+                processing_class = gguf_tokenizer.hf
+            model, _ = load_causal_lm(model_dir, dtype=model_dtype, device="cpu")
+            model_dir = None
     if model_dir is not None and not Path(model_dir).exists():
         raise TokalignError("--model %s: no such model directory" % model_dir)
     # a loaded model: its own directory, when it has one, stands for the model directory
@@ -178,7 +194,7 @@ def run(
         sources,
         names=[PIVOT_NAME, *names],
         on_missing=config.on_missing,
-        expected_fingerprint=_model_fingerprint(tokenizer_dir),
+        expected_fingerprint=gguf_fingerprint or _model_fingerprint(tokenizer_dir),
         vocab_size=vocab_size,
         max_length=config.max_length,
     )

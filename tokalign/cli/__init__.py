@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "dump-logits": "dump_logits",
     "inspect": "inspect",
     "remap": "remap",
+    "convert-gguf": "convert_gguf",
     "demo": "demo",
 }
 

@@ -45,11 +45,17 @@ def torch_dtype(name: str):
 
 
 def resolve_model_source(spec: Union[str, "os.PathLike[str]"]) -> Tuple[str, str]:
-    """(what from_pretrained gets, the name recorded in the store): a path (absolute), an alias' hub id, a hub id."""
+    """(what from_pretrained gets, the name recorded in the store): a path (absolute), a model alias' converted
+    folder in the model cache (:mod:`tokalign.models.cache`: fetched and converted on first use), a tokenizer
+    alias' hub id, a hub id."""
     s = os.fspath(spec)
     p = Path(s).expanduser()
     if p.exists():
         return str(p), str(p.resolve())
+    from .cache import converted_dir, lookup_model_alias
+
+    if lookup_model_alias(s) is not None:
+        return str(converted_dir(s)), s
     from ..tokenize import lookup_alias
 
     alias = lookup_alias(s)
@@ -79,7 +85,9 @@ def refuse_remote_code(path: Path, spec: Any) -> None:
 
 def load_causal_lm(spec: Union[str, "os.PathLike[str]"], *, dtype: str = "bf16", device: Any = "auto",
                    trust_remote_code: bool = False, allow_pickle: bool = False):
-    """Load a transformers causal LM from a directory, hub id (local cache) or tokenizer alias.
+    """Load a transformers causal LM from a directory, a GGUF file (de-quantised to ``dtype``), a model alias
+    (``smollm2-135m-instruct``, ``gemma3-270m``: :mod:`tokalign.models.cache`), a hub id (local cache) or a
+    tokenizer alias.
 
     Only ``*.safetensors`` weights are read (``use_safetensors=True``: no pickle) unless ``allow_pickle`` (then a
     folder with only ``pytorch_model.bin`` loads too); custom model code runs only with ``trust_remote_code=True``.
@@ -91,12 +99,22 @@ def load_causal_lm(spec: Union[str, "os.PathLike[str]"], *, dtype: str = "bf16",
 
     source, name = resolve_model_source(spec)
     path = Path(source)
+    from .gguf import is_gguf
+
+    if is_gguf(path):  # weights de-quantised from the file itself: no pickle, no repository code
+        from .gguf import load_gguf_model
+
+        model = load_gguf_model(path, torch_dtype(dtype))
+        model.to(device if not isinstance(device, str) else torch_device(device))
+        model.eval()
+        return model, name
     has_safetensors = path.is_dir() and any(path.glob("*.safetensors"))
     if path.is_dir() and not has_safetensors and not allow_pickle:
         raise TokalignError("%s: no *.safetensors weights (tokalign loads safetensors only, never pickled "
                             "checkpoints: convert them first, or pass --allow-pickle if you trust the files)" % source)
     if path.exists() and not path.is_dir():
-        raise TokalignError("%s: --model must be a model directory, hub id or alias, not a file" % source)
+        raise TokalignError("%s: --model must be a model directory, GGUF file, hub id or alias, not another kind of "
+                            "file" % source)
     if path.is_dir() and not trust_remote_code:
         refuse_remote_code(path, spec)
     dev = device if not isinstance(device, str) else torch_device(device)

