@@ -14,6 +14,19 @@ cross-entropy against the renormalised top-k over the attention mask, backward t
   soft targets. Its per-position rows are numpy arrays (cheaper than the Python lists a
   ``datasets`` row holds).
 
+With ``--hidden H`` every variant starts one step earlier, from the final hidden states ``[B, L, H]`` and
+the output layer's weight ``[V, H]`` (both requiring grad, their gradients unset as after Trainer's
+``zero_grad``), and a third variant runs:
+
+- fused: the same collator + :func:`fusion_train.fused_output.fused_fusion_loss` (output layer and loss
+  in chunks of positions, no ``[B, L, V]`` logits); ours and dense first compute the logits ``hidden @ W.T``.
+
+Then the extra memory includes what each path needs for the logits and their gradient (the point of the
+fused loss) and the weight's gradient ``[V, H]`` that every path makes. ``--scaled VARIANT=BxL`` runs a
+variant that would not fit in memory on a smaller batch and scales its time and extra memory linearly by
+the number of positions (reported as ``scaled_from``): every ``[B, L, V]`` tensor of ours and dense is linear
+in B*L.
+
 Each variant runs in a fresh subprocess. Peak memory is the resident-set high-water mark
 (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` right after the shared setup) minus the
 RSS at the reset: the extra memory the collate + loss + backward needed on top of the logits.
@@ -22,6 +35,7 @@ Time: best of ``--repeat`` runs.
     python benchmarks/collate_loss.py                 # B=4 L=2048 V=32000 K=10
     python benchmarks/collate_loss.py --json
     python benchmarks/collate_loss.py --length 512    # quicker
+    python benchmarks/collate_loss.py --hidden 256 --vocab 128256 --scaled dense=1x2048   # + fused
 """
 from __future__ import annotations
 
@@ -43,6 +57,7 @@ PAD_ID = 0
 EPILOG = """examples:
   python benchmarks/collate_loss.py
   python benchmarks/collate_loss.py --batch 4 --length 2048 --vocab 32000 --k 10 --json
+  python benchmarks/collate_loss.py --hidden 256 --vocab 262144 --scaled dense=1x512 --scaled ours=1x2048 --repeat 1
 """
 
 
@@ -169,6 +184,28 @@ def ours_loss(logits, batch):
     return fusion_loss(logits, teachers, mask=batch["fusion_mask"], granularity="sequence", kind="ce").loss
 
 
+def fused_loss(hidden, weight, batch, chunk_mb: float):
+    from fusion_train.fuse.losses import TeacherTargets
+    from fusion_train.fused_output import OutputHead, fused_fusion_loss
+
+    teachers = [TeacherTargets.from_dict(t) for t in batch["teachers"]]
+    return fused_fusion_loss(hidden, OutputHead(weight), teachers, mask=batch["fusion_mask"], granularity="sequence",
+                             kind="ce", chunk_mb=chunk_mb).loss
+
+
+def _loss(variant, inputs, batch, args):
+    """The variant's loss; from hidden states (``inputs = (hidden, weight)``) or from logits."""
+    if variant == "fused":
+        return fused_loss(*inputs, batch, args.chunk_mb)
+    if isinstance(inputs, tuple):
+        import torch.nn.functional as F
+
+        logits = F.linear(*inputs)  # the output layer, [B, L, V]
+    else:
+        logits = inputs
+    return dense_loss(logits, batch) if variant == "dense" else ours_loss(logits, batch)
+
+
 # ---- measurement ----------------------------------------------------------------------------
 
 
@@ -197,17 +234,27 @@ def worker(args) -> dict:
     items = make_features(args.batch, args.length, args.vocab, args.k)
     features = to_fusechat_features(items) if args.worker == "dense" else items
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    logits = (torch.randn(args.batch, args.length, args.vocab) * 2).to(dtype).requires_grad_(True)
-    # the gradient buffer is part of both runs; allocate it before the baseline is taken
-    logits.grad = torch.zeros_like(logits)
+    if args.hidden:
+        # the model's last step: final hidden states and the output layer (gradients unset, as after zero_grad)
+        hidden = (torch.randn(args.batch, args.length, args.hidden) * 0.5).to(dtype).requires_grad_(True)
+        weight = (torch.randn(args.vocab, args.hidden) * 4.0 / args.hidden ** 0.5).to(dtype).requires_grad_(True)
+        inputs = (hidden, weight)
+        leaves = [hidden, weight]
+    else:
+        inputs = (torch.randn(args.batch, args.length, args.vocab) * 2).to(dtype).requires_grad_(True)
+        # the gradient buffer is part of both runs; allocate it before the baseline is taken
+        inputs.grad = torch.zeros_like(inputs)
+        leaves = []
     times_collate, times_loss, loss_value = [], [], None
     method = _reset_peak()
     base_kb = _rss_kb("VmRSS") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(args.repeat):
+        for leaf in leaves:
+            leaf.grad = None
         t0 = time.perf_counter()
         batch = dense_collate(features, args.vocab, args.length) if args.worker == "dense" else ours_collate(features)
         t1 = time.perf_counter()
-        loss = dense_loss(logits, batch) if args.worker == "dense" else ours_loss(logits, batch)
+        loss = _loss(args.worker, inputs, batch, args)
         loss.backward()
         t2 = time.perf_counter()
         times_collate.append(t1 - t0)
@@ -220,10 +267,50 @@ def worker(args) -> dict:
         "collate_s": min(times_collate),
         "loss_fwd_bwd_s": min(times_loss),
         "total_s": min(c + l for c, l in zip(times_collate, times_loss)),
+        "total_s_all": [c + l for c, l in zip(times_collate, times_loss)],
         "peak_extra_mb": (peak_kb - base_kb) / 1024.0,
         "memory_method": method,
         "loss": loss_value,
     }
+
+
+def _parse_scaled(values):
+    out = {}
+    for v in values or []:
+        try:
+            name, shape = v.split("=")
+            b, length = (int(x) for x in shape.lower().split("x"))
+        except ValueError:
+            raise SystemExit("collate_loss: --scaled takes VARIANT=BxL, got %r" % v)
+        if name not in ("dense", "ours", "fused"):
+            raise SystemExit("collate_loss: --scaled variant must be dense, ours or fused, got %r" % name)
+        out[name] = (b, length)
+    return out
+
+
+def _run_variant(variant, args, argv, scaled):
+    passed = [a for a in argv if a != "--json"]
+    cmd = [sys.executable, __file__, "--worker", variant] + passed
+    factor = 1.0
+    if variant in scaled:
+        b, length = scaled[variant]
+        cmd += ["--batch", str(b), "--length", str(length)]  # the last flag wins
+        factor = (args.batch * args.length) / float(b * length)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        print("collate_loss: %s worker failed (exit %d)" % (variant, proc.returncode), file=sys.stderr)
+        return None
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    if variant in scaled:
+        r["scaled_from"] = "%dx%d" % scaled[variant]
+        r["scale"] = factor
+        for key in ("collate_s", "loss_fwd_bwd_s", "total_s", "peak_extra_mb"):
+            r["measured_" + key] = r[key]
+            r[key] = r[key] * factor
+        r["total_s_all"] = [t * factor for t in r["total_s_all"]]
+        r.pop("loss")  # another batch: not comparable
+    return r
 
 
 def main(argv=None) -> int:
@@ -237,50 +324,77 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs per variant; best time reported")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="student logits dtype")
+    parser.add_argument("--hidden", type=int, default=0,
+                        help="start from hidden states [B, L, H] and a [V, H] output layer and add the fused "
+                        "variant (0: from the logits, dense and ours only)")
+    parser.add_argument("--chunk-mb", type=float, default=256.0, help="fused: memory budget of one chunk")
+    parser.add_argument("--scaled", action="append", metavar="VARIANT=BxL",
+                        help="run VARIANT on a B x L batch and scale its time and memory to the full batch")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--worker", choices=("ours", "dense"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("ours", "dense", "fused"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
+        if args.worker == "fused" and not args.hidden:
+            raise SystemExit("collate_loss: the fused variant needs --hidden")
         print(json.dumps(worker(args)))
         return 0
 
+    argv = list(argv if argv is not None else sys.argv[1:])
+    scaled = _parse_scaled(args.scaled)
+    variants = ("dense", "ours", "fused") if args.hidden else ("dense", "ours")
     results = {}
-    for variant in ("dense", "ours"):
-        cmd = [sys.executable, __file__, "--worker", variant] + [
-            a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            print("collate_loss: %s worker failed (exit %d)" % (variant, proc.returncode), file=sys.stderr)
+    for variant in variants:
+        results[variant] = _run_variant(variant, args, [a for a in argv if not a.startswith("--scaled")
+                                                        and a not in (args.scaled or [])], scaled)
+        if results[variant] is None:
             return 1
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
     d, o = results["dense"], results["ours"]
     report = {
-        "config": {k: getattr(args, k) for k in ("batch", "length", "vocab", "k", "repeat", "threads", "dtype")},
+        "config": {k: getattr(args, k) for k in ("batch", "length", "vocab", "k", "repeat", "threads", "dtype",
+                                                 "hidden", "chunk_mb")},
+        "input": "hidden states + output layer" if args.hidden else "logits",
         "dense": d,
         "ours": o,
         "speedup_collate": d["collate_s"] / o["collate_s"],
         "speedup_loss": d["loss_fwd_bwd_s"] / o["loss_fwd_bwd_s"],
         "speedup_total": d["total_s"] / o["total_s"],
         "memory_ratio": d["peak_extra_mb"] / max(o["peak_extra_mb"], 1e-3),
-        "loss_rel_diff": abs(d["loss"] - o["loss"]) / abs(d["loss"]),
     }
+    if "loss" in d and "loss" in o:
+        report["loss_rel_diff"] = abs(d["loss"] - o["loss"]) / abs(d["loss"])
+    if args.hidden:
+        f = results["fused"]
+        report["fused"] = f
+        report["fused_time_vs_ours"] = f["total_s"] / o["total_s"]
+        report["fused_memory_pct_of_dense"] = 100.0 * f["peak_extra_mb"] / d["peak_extra_mb"]
+        report["fused_memory_pct_of_ours"] = 100.0 * f["peak_extra_mb"] / o["peak_extra_mb"]
+        if "loss" in f and "loss" in o:
+            report["fused_loss_rel_diff_vs_ours"] = abs(f["loss"] - o["loss"]) / abs(o["loss"])
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         c = report["config"]
-        print("collate + MinCE fusion loss (fwd+bwd), B=%d L=%d V=%d K=%d, 2 teachers, %s logits, %d threads"
-              % (c["batch"], c["length"], c["vocab"], c["k"], c["dtype"], c["threads"]))
-        print("%-6s %10s %12s %10s %14s %10s" % ("", "collate s", "loss f+b s", "total s", "peak extra MB", "loss"))
-        for name, r in (("dense", d), ("ours", o)):
-            print("%-6s %10.3f %12.3f %10.3f %14.1f %10.5f"
-                  % (name, r["collate_s"], r["loss_fwd_bwd_s"], r["total_s"], r["peak_extra_mb"], r["loss"]))
-        print("ours vs dense: collate %.1fx faster, loss %.1fx faster, total %.1fx faster, %.1fx less peak memory "
-              "(%s), loss values differ by %.2e relative (dense uses bf16 targets and rewards)"
+        print("collate + MinCE fusion loss (fwd+bwd), B=%d L=%d V=%d K=%d, 2 teachers, %s %s, %d threads"
+              % (c["batch"], c["length"], c["vocab"], c["k"], c["dtype"],
+                 ("from hidden states H=%d" % c["hidden"]) if c["hidden"] else "logits", c["threads"]))
+        print("%-6s %10s %12s %10s %14s %10s  %s" % ("", "collate s", "loss f+b s", "total s", "peak extra MB", "loss",
+                                                    ""))
+        for name in variants:
+            r = results[name]
+            print("%-6s %10.3f %12.3f %10.3f %14.1f %10s  %s"
+                  % (name, r["collate_s"], r["loss_fwd_bwd_s"], r["total_s"], r["peak_extra_mb"],
+                     "%.5f" % r["loss"] if "loss" in r else "-",
+                     ("scaled x%.1f from %s" % (r["scale"], r["scaled_from"])) if "scaled_from" in r else ""))
+        print("ours vs dense: collate %.1fx faster, loss %.1fx faster, total %.1fx faster, %.1fx less peak memory (%s)"
               % (report["speedup_collate"], report["speedup_loss"], report["speedup_total"],
-                 report["memory_ratio"], d["memory_method"], report["loss_rel_diff"]))
+                 report["memory_ratio"], d["memory_method"]))
+        if "loss_rel_diff" in report:
+            print("loss values differ by %.2e relative (dense uses bf16 targets and rewards)" % report["loss_rel_diff"])
+        if args.hidden:
+            print("fused: %.2fx the time of ours; extra memory %.1f %% of the dense path's, %.1f %% of ours"
+                  % (report["fused_time_vs_ours"], report["fused_memory_pct_of_dense"],
+                     report["fused_memory_pct_of_ours"]))
     return 0
 
 

@@ -390,7 +390,7 @@ def test_fusion_trainer_fused_and_unfused_trajectories_agree(tmp_path, arch, kw)
     runs = {}
     for fused in (False, True):
         trainer, logs = _fuse_trainer(tmp_path / str(fused), fused, make(), **kw)
-        assert trainer._fused_off == ("" if fused else None)
+        assert (trainer.fused_output.off_reason(trainer.model) is None) == fused
         runs[fused] = logs
     assert len(runs[True]) == len(runs[False]) == 4
     for a, b in zip(runs[True], runs[False]):
@@ -404,7 +404,73 @@ def test_fusion_trainer_falls_back_when_the_head_disagrees(tmp_path, caplog, mon
 
     model = tiny_llama(96, hidden=16)
     model.config.final_logit_softcapping = 2.0  # declared, but Llama's forward does not soft-cap
-    with caplog.at_level(logging.WARNING, logger="fusion_train.fuse.trainer"):
+    with caplog.at_level(logging.WARNING, logger="fusion_train.fused_output.model"):
         trainer, logs = _fuse_trainer(tmp_path, True, model, max_steps=2)
-    assert "differ from the model's" in trainer._fused_off and len(logs) == 2
+    assert "differ from the model's" in trainer.fused_output.off_reason(model) and len(logs) == 2
     assert any("computing the loss from the model's logits" in r.message for r in caplog.records)
+
+
+def test_trainer_setups_that_shard_the_output_layer_are_refused():
+    from types import SimpleNamespace
+
+    from fusion_train.fused_output import trainer_unsupported
+
+    assert "FSDP" in trainer_unsupported(SimpleNamespace(is_fsdp_enabled=True))
+    zero3 = SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=True,
+                            accelerator=SimpleNamespace(state=SimpleNamespace(
+                                deepspeed_plugin=SimpleNamespace(zero_stage=3))))
+    assert "ZeRO-3" in trainer_unsupported(zero3)
+    zero3.accelerator.state.deepspeed_plugin.zero_stage = 2
+    assert trainer_unsupported(zero3) is None
+
+
+@pytest.mark.parametrize("kind", ["dpo", "wrpo", "crlft"])
+def test_preference_trainers_fused_and_unfused_trajectories_agree(tmp_path, monkeypatch, kind):
+    """The integration call for PreferenceTrainer / WeightedSFTTrainer: FusedOutput.response_log_probs in place
+    of policy_forward gives the same losses and weights, step by step."""
+    import fusion_train.preference.trainer as ptrainer
+    from fusion_train.fused_output import FusedOutput
+    from fusion_train.preference.config import PreferenceConfig, SFTConfig
+    from fusion_train.preference.data import ChatEncoder, PreferenceDataset, SFTDataset, read_rows
+    from preference_helpers import (TOKENIZERS, load_tiny, pair_rows, sft_rows, tiny_model_dir, trainer_kwargs,
+                                    write_jsonl, wrpo_rows)
+
+    if not (TOKENIZERS / "mistral-v1").is_dir():
+        pytest.skip("shared tokenizers not found")
+    model_dir = tiny_model_dir(tmp_path / "m")
+    unfused = ptrainer.policy_forward
+    results = {}
+    for fused in (False, True):
+        calls = []
+        if fused:
+            switch = FusedOutput(chunk_mb=0.05)
+
+            def policy_forward(model, input_ids, attention_mask, response_mask, *, keep_logits=None):
+                out = switch.response_log_probs(model, input_ids, attention_mask, response_mask)
+                assert out is not None
+                calls.append(1)
+                return out
+
+            monkeypatch.setattr(ptrainer, "policy_forward", policy_forward)
+        else:
+            monkeypatch.setattr(ptrainer, "policy_forward", unfused)
+        model, tok = load_tiny(model_dir)
+        # SGD: Adam would turn float rounding in near-zero gradients into lr-sized steps
+        kw = trainer_kwargs(tmp_path / str(fused), max_steps=3, learning_rate=0.5, optim="sgd")
+        if kind == "crlft":
+            rows = read_rows(write_jsonl(tmp_path / "s.jsonl", sft_rows(8)), "sft")
+            ds = SFTDataset(rows, ChatEncoder(tok), weights=[1.0, 0.1, 0.5, 1.0, 0.1, 0.1, 0.3, 1.0])
+            trainer = ptrainer.WeightedSFTTrainer(model=model, args=SFTConfig(**kw), train_dataset=ds)
+        else:
+            fmt = "wrpo" if kind == "wrpo" else "pairs"
+            rows = wrpo_rows(8) if kind == "wrpo" else pair_rows(8)
+            ds = PreferenceDataset(read_rows(write_jsonl(tmp_path / ("%s.jsonl" % fmt), rows), fmt), ChatEncoder(tok))
+            cfg = PreferenceConfig(**kw, loss=kind, beta=0.5, reference="live", alpha=0.4)
+            trainer = ptrainer.PreferenceTrainer(model=model, args=cfg, train_dataset=ds)
+        trainer.train()
+        assert bool(calls) == fused
+        results[fused] = ([h["loss"] for h in trainer.state.log_history if "loss" in h],
+                          torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    (l0, p0), (l1, p1) = results[False], results[True]
+    assert len(l0) == 3 and l1 == pytest.approx(l0, rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(p1, p0, rtol=1e-5, atol=1e-6)

@@ -28,7 +28,6 @@ How it matches FuseChat's ``DistillTrainer.compute_loss`` (``distill_greater_as_
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -39,8 +38,6 @@ from .data import FusionCollator
 from .losses import TeacherTargets, combine_losses, fusion_loss, sft_loss
 
 __all__ = ["FusionTrainer"]
-
-logger = logging.getLogger(__name__)
 
 TEACHER_KEY = "teachers"
 FUSION_MASK_KEY = "fusion_mask"
@@ -91,8 +88,9 @@ class FusionTrainer(Trainer):
             teacher_names = getattr(train_dataset, "names", None)
         self.teacher_names: Optional[List[str]] = list(teacher_names) if teacher_names is not None else None
         self._reset_fusion_metrics()
-        self._fused_off: Optional[str] = None  # None: not decided yet; "": fused; else why not
-        self._fused_checked = False
+        from fusion_train.fused_output import FusedOutput
+
+        self.fused_output = FusedOutput(args.fused_output_loss, args.fused_output_chunk_mb)
 
     # ---- loss ---------------------------------------------------------------------------------
 
@@ -106,40 +104,16 @@ class FusionTrainer(Trainer):
             inputs[TEACHER_KEY] = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in teachers]
         return inputs
 
-    def _fused_reason(self, model) -> Optional[str]:
-        """Why this run cannot use the fused output loss (None when it can); decided once."""
-        if self._fused_off is None:
-            from fusion_train.fused_output import fuse_unsupported
-
-            reason = None
-            if self.is_fsdp_enabled:
-                reason = "FSDP shards the output layer's weight outside its forward"
-            elif self.is_deepspeed_enabled and getattr(
-                getattr(self.accelerator.state, "deepspeed_plugin", None), "zero_stage", 0
-            ) == 3:
-                reason = "DeepSpeed ZeRO-3 partitions the output layer's weight outside its forward"
-            else:
-                reason = fuse_unsupported(model)
-            self._fused_off = reason or ""
-            if reason:
-                logger.warning("fused_output_loss: %s; computing the loss from the model's logits", reason)
-        return self._fused_off or None
-
     def _fused_loss(self, model, inputs, labels, teachers, fusion_mask):
-        """The loss from the decoder's hidden states (:mod:`fusion_train.fused_output`); None when the model's
-        own last-position logits disagree with its output layer (checked on the first batch)."""
-        from fusion_train.fused_output import forward_hidden, fused_fusion_loss, head_mismatch, output_head
+        """The loss from the decoder's hidden states (:mod:`fusion_train.fused_output`); None when the fused
+        path cannot run on this model (FSDP, ZeRO-3, no decoder body, a first-batch check that failed)."""
+        from fusion_train.fused_output import fused_fusion_loss
 
         args: FusionConfig = self.args
-        hidden, outputs = forward_hidden(model, **inputs)
-        head = output_head(model)
-        if not self._fused_checked:
-            reason = head_mismatch(head, hidden, outputs)
-            self._fused_checked = True
-            if reason:
-                self._fused_off = "%s: %s" % (type(getattr(model, "module", model)).__name__, reason)
-                logger.warning("fused_output_loss: %s; computing the loss from the model's logits", self._fused_off)
-                return None
+        got = self.fused_output.hidden(model, self, **inputs)
+        if got is None:
+            return None
+        hidden, head, outputs = got
         use_fusion = args.lambda_sft < 1.0
         fused = fused_fusion_loss(
             hidden,
@@ -165,9 +139,7 @@ class FusionTrainer(Trainer):
         teachers = [TeacherTargets.from_dict(t) for t in inputs.pop(TEACHER_KEY)]
         fusion_mask = inputs.pop(FUSION_MASK_KEY)
         labels = inputs.pop("labels")
-        result = None
-        if args.fused_output_loss and self._fused_reason(model) is None:
-            result = self._fused_loss(model, inputs, labels, teachers, fusion_mask)
+        result = self._fused_loss(model, inputs, labels, teachers, fusion_mask) if args.fused_output_loss else None
         if result is not None:
             loss, sft, fusion_value, fused, outputs = result
         else:

@@ -7,7 +7,8 @@ ever holding ``[batch, length, vocab]`` logits.
   (:func:`fused_weighted_nll`), response / per-sequence log-probabilities for DPO / WRPO
   (:func:`token_log_probs`, :func:`fused_sequence_log_probs`);
 * :mod:`~fusion_train.fused_output.model` -- hidden states and output layer of a ``transformers`` model
-  (:func:`forward_hidden`, :func:`output_head`, :func:`fused_response_log_probs`).
+  (:func:`forward_hidden`, :func:`output_head`, :func:`fused_response_log_probs`) and :class:`FusedOutput`,
+  a trainer's switch (what can run fused, the first-batch check, the fall-back).
 """
 from .kernel import DEFAULT_CHUNK_MB, OutputHead, chunk_rows_for, linear_loss, log_probs_at
 from .losses import (
@@ -17,7 +18,16 @@ from .losses import (
     fused_weighted_nll,
     token_log_probs,
 )
-from .model import forward_hidden, fuse_unsupported, fused_response_log_probs, head_mismatch, output_head, unwrap
+from .model import (
+    FusedOutput,
+    forward_hidden,
+    fuse_unsupported,
+    fused_response_log_probs,
+    head_mismatch,
+    output_head,
+    trainer_unsupported,
+    unwrap,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_MB",
@@ -30,10 +40,12 @@ __all__ = [
     "fused_sequence_log_probs",
     "fused_weighted_nll",
     "token_log_probs",
+    "FusedOutput",
     "forward_hidden",
     "fuse_unsupported",
     "fused_response_log_probs",
     "head_mismatch",
     "output_head",
+    "trainer_unsupported",
     "unwrap",
 ]

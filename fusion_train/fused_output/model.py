@@ -11,15 +11,18 @@ hidden states, so a model that does anything else to its logits is caught on the
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional, Tuple
+import logging
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 
-from .kernel import OutputHead
+from .kernel import DEFAULT_CHUNK_MB, OutputHead
 from .losses import token_log_probs
 
-__all__ = ["unwrap", "fuse_unsupported", "output_head", "forward_hidden", "head_mismatch",
-           "fused_response_log_probs"]
+__all__ = ["unwrap", "fuse_unsupported", "trainer_unsupported", "output_head", "forward_hidden", "head_mismatch",
+           "fused_response_log_probs", "FusedOutput"]
+
+logger = logging.getLogger(__name__)
 
 
 def unwrap(model):
@@ -45,6 +48,20 @@ def fuse_unsupported(model) -> Optional[str]:
             return "%s's forward takes no logits_to_keep" % name
     except (TypeError, ValueError):
         return "%s's forward signature is unreadable" % name
+    return None
+
+
+def trainer_unsupported(trainer) -> Optional[str]:
+    """Why a ``transformers.Trainer``'s setup rules the fused path out: FSDP and DeepSpeed ZeRO-3 shard the
+    output layer's weight outside its module's forward, where the fused loss reads it."""
+    if trainer is None:
+        return None
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return "FSDP shards the output layer's weight outside its forward"
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "deepspeed_plugin", None)
+        if getattr(plugin, "zero_stage", 0) == 3:
+            return "DeepSpeed ZeRO-3 partitions the output layer's weight outside its forward"
     return None
 
 
@@ -95,7 +112,7 @@ def head_mismatch(head: OutputHead, hidden: torch.Tensor, outputs) -> Optional[s
     ours = head.logits(hidden[:, -1].to(head.weight.dtype)).float()
     if ours.shape != theirs.shape:
         return "logits shape %s, the output layer gives %s" % (tuple(theirs.shape), tuple(ours.shape))
-    low = head.weight.dtype != torch.float32
+    low = head.weight.dtype != torch.float32 or torch.is_autocast_enabled(hidden.device.type)
     tol = (2e-2 if low else 1e-4) * max(1.0, float(theirs.abs().max()))
     err = float((ours - theirs).abs().max())
     if not err <= tol:
@@ -109,3 +126,57 @@ def fused_response_log_probs(model, input_ids: torch.Tensor, attention_mask: tor
     :func:`fusion_train.preference.trainer.policy_forward`, without ``[B, L, V]`` logits."""
     hidden, _ = forward_hidden(model, input_ids=input_ids, attention_mask=attention_mask)
     return token_log_probs(hidden, output_head(model), input_ids, response_mask, **kwargs)
+
+
+class FusedOutput:
+    """A trainer's switch for the fused output loss (``fused_output_loss`` / ``fused_output_chunk_mb``).
+
+    Decides once per model whether the fused path can run (:func:`trainer_unsupported`,
+    :func:`fuse_unsupported`) and checks the output layer against the model's own logits on the model's first
+    batch (:func:`head_mismatch`); either failing logs one warning and the caller falls back to the logits.
+    """
+
+    def __init__(self, enabled: bool = True, chunk_mb: float = DEFAULT_CHUNK_MB) -> None:
+        self.enabled = bool(enabled)
+        self.chunk_mb = float(chunk_mb)
+        self._off: Dict[int, str] = {}  # id(model) -> "" (fused) or why not
+        self._checked: Set[int] = set()
+
+    def off_reason(self, model, trainer=None) -> Optional[str]:
+        """None when the fused path runs on ``model``, else why not."""
+        if not self.enabled:
+            return "fused_output_loss is off"
+        key = id(unwrap(model))
+        if key not in self._off:
+            reason = trainer_unsupported(trainer) or fuse_unsupported(model)
+            self._off[key] = reason or ""
+            if reason:
+                logger.warning("fused_output_loss: %s; computing the loss from the model's logits", reason)
+        return self._off[key] or None
+
+    def hidden(self, model, trainer=None, **inputs: Any) -> Optional[Tuple[torch.Tensor, OutputHead, Any]]:
+        """``(hidden [B, L, H], head, outputs)`` from one forward of ``model`` on ``inputs``; None when the
+        fused path is off for it or the output layer disagrees with the model's logits (first batch)."""
+        if self.off_reason(model, trainer) is not None:
+            return None
+        hidden, outputs = forward_hidden(model, **inputs)
+        head = output_head(model)
+        key = id(unwrap(model))
+        if key not in self._checked:
+            self._checked.add(key)
+            reason = head_mismatch(head, hidden, outputs)
+            if reason:
+                self._off[key] = "%s: %s" % (type(unwrap(model)).__name__, reason)
+                logger.warning("fused_output_loss: %s; computing the loss from the model's logits", self._off[key])
+                return None
+        return hidden, head, outputs
+
+    def response_log_probs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           response_mask: torch.Tensor, trainer=None) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(token_logps [B, L-1], mask [B, L-1])`` as :func:`fusion_train.preference.trainer.policy_forward`
+        returns them, or None: then call ``policy_forward``."""
+        got = self.hidden(model, trainer, input_ids=input_ids, attention_mask=attention_mask)
+        if got is None:
+            return None
+        hidden, head, _ = got
+        return token_log_probs(hidden, head, input_ids, response_mask, chunk_mb=self.chunk_mb)
