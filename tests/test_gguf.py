@@ -221,3 +221,20 @@ def test_gemma3_alias_tokenizer_and_model():
     assert tok.vocab_size == 262144 and tok.family == "metaspace"
     text = "  Two leading spaces, tabs\tand 東京."
     assert b"".join(tok.token_texts()[i] for i in tok.encode(text).ids).decode("utf-8") == text
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_demo_with_two_real_models(tmp_path, capsys):
+    """tokalign demo --models: the whole explicit pipeline and the next-token table (about 3.5 min on 2 cores)."""
+    from tokalign.cli import main
+
+    _fetch("smollm2-135m-instruct")
+    _fetch("gemma3-270m")
+    out = tmp_path / "demo"
+    assert main(["demo", "--models", "smollm2-135m-instruct,gemma3-270m", "--out", str(out), "--samples", "6"]) == 0
+    rows = json.loads((out / "next_token.json").read_text())
+    assert rows and all(r["source"] and r["remapped"] and r["pivot"] for r in rows)
+    for name in ("pivot.zarr", "source.zarr", "stats", "map-em", "map-mined", "map-ms", "remapped-ms.zarr"):
+        assert (out / name).exists()
+    assert "MS map" in (out / "next_token.md").read_text()

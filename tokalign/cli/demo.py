@@ -8,6 +8,7 @@ from .common import add_tokenizer_options, formatter
 
 EPILOG = """examples:
   tokalign demo --out tokalign-demo                     # offline, embedded tokenizers, built-in corpus
+  tokalign demo --models smollm2-135m-instruct,gemma3-270m --out demo-models   # two real models (fetched once)
   tokalign demo --source internlm2 --tokenizer-dir ../shared/tokenizers \\
       --corpus ../shared/corpora/alpacaeval_parallel.jsonl --out demo-internlm2
 outputs: OUT/stats, %s, OUT/report.json, OUT/report.txt, OUT/report.png
@@ -27,11 +28,19 @@ def register(sub):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--models", metavar="PIVOT,SOURCE",
+                   help="run the model pipeline instead (dump-logits both, build-stats, em/mined/ms maps, remap, "
+                        "inspect, next-token table + figure), e.g. smollm2-135m-instruct,gemma3-270m")
+    p.add_argument("--samples", type=int, default=16, help="--models: records of the built-in slice (default 16)")
     add_tokenizer_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if getattr(args, "models", None):
+        from .demo_models import run_models
+
+        return run_models(args)
     import json
     import time
     from pathlib import Path
