@@ -245,20 +245,21 @@ def worker(args) -> dict:
         # the gradient buffer is part of both runs; allocate it before the baseline is taken
         inputs.grad = torch.zeros_like(inputs)
         leaves = []
-    times_collate, times_loss, loss_value = [], [], None
+    times_collate, times_loss, cpu, loss_value = [], [], [], None
     method = _reset_peak()
     base_kb = _rss_kb("VmRSS") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(args.repeat):
         for leaf in leaves:
             leaf.grad = None
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         batch = dense_collate(features, args.vocab, args.length) if args.worker == "dense" else ours_collate(features)
         t1 = time.perf_counter()
         loss = _loss(args.worker, inputs, batch, args)
         loss.backward()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         times_collate.append(t1 - t0)
         times_loss.append(t2 - t1)
+        cpu.append(c2 - c0)
         loss_value = float(loss)
         del batch, loss
     peak_kb = _rss_kb("VmHWM") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -268,6 +269,8 @@ def worker(args) -> dict:
         "loss_fwd_bwd_s": min(times_loss),
         "total_s": min(c + l for c, l in zip(times_collate, times_loss)),
         "total_s_all": [c + l for c, l in zip(times_collate, times_loss)],
+        # CPU seconds of the process (all threads): less sensitive than wall time to other load on the machine
+        "cpu_s": min(cpu),
         "peak_extra_mb": (peak_kb - base_kb) / 1024.0,
         "memory_method": method,
         "loss": loss_value,
@@ -305,7 +308,7 @@ def _run_variant(variant, args, argv, scaled):
     if variant in scaled:
         r["scaled_from"] = "%dx%d" % scaled[variant]
         r["scale"] = factor
-        for key in ("collate_s", "loss_fwd_bwd_s", "total_s", "peak_extra_mb"):
+        for key in ("collate_s", "loss_fwd_bwd_s", "total_s", "cpu_s", "peak_extra_mb"):
             r["measured_" + key] = r[key]
             r[key] = r[key] * factor
         r["total_s_all"] = [t * factor for t in r["total_s_all"]]
@@ -330,6 +333,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-mb", type=float, default=256.0, help="fused: memory budget of one chunk")
     parser.add_argument("--scaled", action="append", metavar="VARIANT=BxL",
                         help="run VARIANT on a B x L batch and scale its time and memory to the full batch")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated subset of dense,ours,fused to run (default: all that apply)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--worker", choices=("ours", "dense", "fused"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -343,31 +348,51 @@ def main(argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     scaled = _parse_scaled(args.scaled)
     variants = ("dense", "ours", "fused") if args.hidden else ("dense", "ours")
+    if args.variants:
+        wanted = args.variants.split(",")
+        unknown = [v for v in wanted if v not in variants]
+        if unknown or "ours" not in wanted:
+            raise SystemExit("collate_loss: --variants takes ours plus dense and/or %s, got %r"
+                             % ("fused (with --hidden)" if args.hidden else "nothing else", args.variants))
+        variants = tuple(v for v in variants if v in wanted)
     results = {}
+    passed = []
+    skip = False
+    for a in argv:  # the workers get every flag but --scaled / --variants and their values
+        if skip:
+            skip = False
+        elif a in ("--scaled", "--variants"):
+            skip = True
+        elif not a.startswith(("--scaled=", "--variants=")):
+            passed.append(a)
     for variant in variants:
-        results[variant] = _run_variant(variant, args, [a for a in argv if not a.startswith("--scaled")
-                                                        and a not in (args.scaled or [])], scaled)
+        results[variant] = _run_variant(variant, args, passed, scaled)
         if results[variant] is None:
             return 1
-    d, o = results["dense"], results["ours"]
+    d, o = results.get("dense"), results["ours"]
     report = {
         "config": {k: getattr(args, k) for k in ("batch", "length", "vocab", "k", "repeat", "threads", "dtype",
                                                  "hidden", "chunk_mb")},
         "input": "hidden states + output layer" if args.hidden else "logits",
-        "dense": d,
         "ours": o,
-        "speedup_collate": d["collate_s"] / o["collate_s"],
-        "speedup_loss": d["loss_fwd_bwd_s"] / o["loss_fwd_bwd_s"],
-        "speedup_total": d["total_s"] / o["total_s"],
-        "memory_ratio": d["peak_extra_mb"] / max(o["peak_extra_mb"], 1e-3),
     }
-    if "loss" in d and "loss" in o:
-        report["loss_rel_diff"] = abs(d["loss"] - o["loss"]) / abs(d["loss"])
-    if args.hidden:
+    if d is not None:
+        report.update({
+            "dense": d,
+            "speedup_collate": d["collate_s"] / o["collate_s"],
+            "speedup_loss": d["loss_fwd_bwd_s"] / o["loss_fwd_bwd_s"],
+            "speedup_total": d["total_s"] / o["total_s"],
+            "memory_ratio": d["peak_extra_mb"] / max(o["peak_extra_mb"], 1e-3),
+        })
+        if "loss" in d and "loss" in o:
+            report["loss_rel_diff"] = abs(d["loss"] - o["loss"]) / abs(d["loss"])
+    if "fused" in results:
         f = results["fused"]
         report["fused"] = f
         report["fused_time_vs_ours"] = f["total_s"] / o["total_s"]
-        report["fused_memory_pct_of_dense"] = 100.0 * f["peak_extra_mb"] / d["peak_extra_mb"]
+        report["fused_cpu_vs_ours"] = f["cpu_s"] / o["cpu_s"]
+        if d is not None:
+            report["fused_memory_pct_of_dense"] = 100.0 * f["peak_extra_mb"] / d["peak_extra_mb"]
         report["fused_memory_pct_of_ours"] = 100.0 * f["peak_extra_mb"] / o["peak_extra_mb"]
         if "loss" in f and "loss" in o:
             report["fused_loss_rel_diff_vs_ours"] = abs(f["loss"] - o["loss"]) / abs(o["loss"])
@@ -378,23 +403,25 @@ def main(argv=None) -> int:
         print("collate + MinCE fusion loss (fwd+bwd), B=%d L=%d V=%d K=%d, 2 teachers, %s %s, %d threads"
               % (c["batch"], c["length"], c["vocab"], c["k"], c["dtype"],
                  ("from hidden states H=%d" % c["hidden"]) if c["hidden"] else "logits", c["threads"]))
-        print("%-6s %10s %12s %10s %14s %10s  %s" % ("", "collate s", "loss f+b s", "total s", "peak extra MB", "loss",
-                                                    ""))
+        print("%-6s %10s %12s %10s %8s %14s %10s  %s" % ("", "collate s", "loss f+b s", "total s", "CPU s",
+                                                         "peak extra MB", "loss", ""))
         for name in variants:
             r = results[name]
-            print("%-6s %10.3f %12.3f %10.3f %14.1f %10s  %s"
-                  % (name, r["collate_s"], r["loss_fwd_bwd_s"], r["total_s"], r["peak_extra_mb"],
+            print("%-6s %10.3f %12.3f %10.3f %8.1f %14.1f %10s  %s"
+                  % (name, r["collate_s"], r["loss_fwd_bwd_s"], r["total_s"], r["cpu_s"], r["peak_extra_mb"],
                      "%.5f" % r["loss"] if "loss" in r else "-",
                      ("scaled x%.1f from %s" % (r["scale"], r["scaled_from"])) if "scaled_from" in r else ""))
-        print("ours vs dense: collate %.1fx faster, loss %.1fx faster, total %.1fx faster, %.1fx less peak memory (%s)"
-              % (report["speedup_collate"], report["speedup_loss"], report["speedup_total"],
-                 report["memory_ratio"], d["memory_method"]))
+        if d is not None:
+            print("ours vs dense: collate %.1fx faster, loss %.1fx faster, total %.1fx faster, %.1fx less peak "
+                  "memory (%s)" % (report["speedup_collate"], report["speedup_loss"], report["speedup_total"],
+                                   report["memory_ratio"], d["memory_method"]))
         if "loss_rel_diff" in report:
             print("loss values differ by %.2e relative (dense uses bf16 targets and rewards)" % report["loss_rel_diff"])
-        if args.hidden:
-            print("fused: %.2fx the time of ours; extra memory %.1f %% of the dense path's, %.1f %% of ours"
-                  % (report["fused_time_vs_ours"], report["fused_memory_pct_of_dense"],
-                     report["fused_memory_pct_of_ours"]))
+        if "fused" in results:
+            print("fused: %.2fx the time (%.2fx the CPU time) of ours; extra memory %s%.1f %% of ours"
+                  % (report["fused_time_vs_ours"], report["fused_cpu_vs_ours"],
+                     "%.1f %% of the dense path's, " % report["fused_memory_pct_of_dense"]
+                     if "fused_memory_pct_of_dense" in report else "", report["fused_memory_pct_of_ours"]))
     return 0
 
 

@@ -197,7 +197,8 @@ class _LogProbsAt(torch.autograd.Function):
                 _grad_logits_(e, None, ids[start:stop], g_all[start:stop])
                 chunks.backprop(e, deriv, start, stop, grad_h, grad_w, grad_b, scratch)
                 del z, e, deriv
-        gh, gw, gb = _out_grads(hidden.dtype, weight.dtype, grad_h, grad_w, grad_b, None if bias is None else bias.dtype)
+        gh, gw, gb = _out_grads(hidden.dtype, weight.dtype, grad_h, grad_w, grad_b,
+                                None if bias is None else bias.dtype)
         return gh, gw, gb, None, None, None, None, None
 
 
