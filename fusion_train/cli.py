@@ -15,10 +15,10 @@ SUBCOMMANDS = {
     "sample": "fusion_train.implicit.cli.sample",
     "score": "fusion_train.implicit.cli.score",
     "build-pairs": "fusion_train.implicit.cli.build_pairs",
-    "sft": "fusion_train.preference.cli_sft",
-    "dpo": "fusion_train.preference.cli_dpo",
-    "wrpo": "fusion_train.preference.cli_wrpo",
-    "crlft": "fusion_train.preference.cli_crlft",
+    "sft": "fusion_train.preference.cli.sft",
+    "dpo": "fusion_train.preference.cli.dpo",
+    "wrpo": "fusion_train.preference.cli.wrpo",
+    "crlft": "fusion_train.preference.cli.crlft",
 }
 
 EPILOG = """examples:

@@ -9,7 +9,7 @@
 * :mod:`~fusion_train.preference.reference` -- reference log-probs precomputed in one pass;
 * :mod:`~fusion_train.preference.crlft` -- OpenChat C-RLFT templates, end-of-turn token, class weights;
 * :mod:`~fusion_train.preference.run` -- library entry points ``run_sft``, ``run_preference``, ``run_crlft``;
-* ``cli_sft`` / ``cli_dpo`` / ``cli_wrpo`` / ``cli_crlft`` -- the ``fusion-train`` subcommands.
+* ``cli/`` (``sft``, ``dpo``, ``wrpo``, ``crlft``) -- the ``fusion-train`` subcommands.
 
 Importing this package imports no torch: the names are loaded on first use.
 """

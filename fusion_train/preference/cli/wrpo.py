@@ -17,9 +17,9 @@ OWN = ("beta", "alpha", "alpha_dynamic", "label_smoothing", "max_length", "max_p
 
 
 def register(subparsers):
-    from .cli_common import add_trainer_subcommand
-    from .cli_dpo import add_ref_logps_flag
-    from .config import PreferenceConfig
+    from .common import add_trainer_subcommand
+    from .dpo import add_ref_logps_flag
+    from ..config import PreferenceConfig
 
     return add_trainer_subcommand(subparsers, "wrpo", PreferenceConfig, OWN, title="wrpo",
                                   help="WRPO on source/target/rejected triples", description=__doc__, epilog=EPILOG,
@@ -27,8 +27,8 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from .cli_common import build_config, print_summary
-    from .run import run_preference
+    from .common import build_config, print_summary
+    from ..run import run_preference
 
     config = build_config(args, loss="wrpo")
     summary = run_preference(config, args.model, args.data, ref_logps=args.ref_logps, model_dtype=args.model_dtype,

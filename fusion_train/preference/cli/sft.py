@@ -14,8 +14,8 @@ The loss is the token-mean cross-entropy over every assistant turn, normalised o
 
 
 def register(subparsers):
-    from .cli_common import add_trainer_subcommand
-    from .config import SFTConfig
+    from .common import add_trainer_subcommand
+    from ..config import SFTConfig
 
     return add_trainer_subcommand(subparsers, "sft", SFTConfig, ("max_length", "per_sequence", "pad_to_multiple_of"),
                                   title="sft", help="supervised fine-tuning on an SFT set (assistant tokens only)",
@@ -23,8 +23,8 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from .cli_common import build_config, print_summary
-    from .run import run_sft
+    from .common import build_config, print_summary
+    from ..run import run_sft
 
     config = build_config(args)
     summary = run_sft(config, args.model, args.data, model_dtype=args.model_dtype,

@@ -24,8 +24,8 @@ def add_ref_logps_flag(group) -> None:
 
 
 def register(subparsers):
-    from .cli_common import add_trainer_subcommand
-    from .config import PreferenceConfig
+    from .common import add_trainer_subcommand
+    from ..config import PreferenceConfig
 
     return add_trainer_subcommand(subparsers, "dpo", PreferenceConfig, OWN, title="dpo",
                                   help="DPO / length-normalised DPO on preference pairs", description=__doc__,
@@ -36,8 +36,8 @@ def register(subparsers):
 def run(args) -> int:
     from tokalign.errors import TokalignError
 
-    from .cli_common import build_config, print_summary
-    from .run import run_preference
+    from .common import build_config, print_summary
+    from ..run import run_preference
 
     if args.loss == "wrpo":
         raise TokalignError("--loss wrpo trains WRPO triples: use fusion-train wrpo")

@@ -76,7 +76,7 @@ def build_config(args: argparse.Namespace, **fixed: Any):
 
 
 def print_summary(config, args: argparse.Namespace, summary: Dict[str, Any]) -> int:
-    from .run import summary_line
+    from ..run import summary_line
 
     if config.process_index == 0:
         print(json.dumps(summary, default=str) if args.json else summary_line(summary))

@@ -23,8 +23,8 @@ def _extra(group) -> None:
 
 
 def register(subparsers):
-    from .cli_common import add_trainer_subcommand
-    from .config import CRLFTConfig
+    from .common import add_trainer_subcommand
+    from ..config import CRLFTConfig
 
     return add_trainer_subcommand(subparsers, "crlft", CRLFTConfig, OWN, title="crlft",
                                   help="OpenChat C-RLFT: class-conditioned, class-weighted SFT", description=__doc__,
@@ -32,8 +32,8 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from .cli_common import build_config, print_summary
-    from .run import run_crlft
+    from .common import build_config, print_summary
+    from ..run import run_crlft
 
     config = build_config(args)
     summary = run_crlft(config, args.model, args.data, from_scored=args.from_scored, model_dtype=args.model_dtype,
