@@ -382,7 +382,8 @@ def _fuse_trainer(tmp_path, fused, model, **kw):
 
 @pytest.mark.parametrize("arch,kw", [("llama", dict(granularity="token", tail="bucket", distill_loss="kl")),
                                      ("llama", dict(lambda_sft=1.0)),
-                                     ("gemma2", dict(fusion_positions="response"))])
+                                     ("gemma2", dict(fusion_positions="response")),
+                                     ("llama", dict(bf16=True))])  # accelerate's autocast around the forward
 def test_fusion_trainer_fused_and_unfused_trajectories_agree(tmp_path, arch, kw):
     from fusion_train.testing import tiny_llama
 
@@ -393,9 +394,10 @@ def test_fusion_trainer_fused_and_unfused_trajectories_agree(tmp_path, arch, kw)
         assert (trainer.fused_output.off_reason(trainer.model) is None) == fused
         runs[fused] = logs
     assert len(runs[True]) == len(runs[False]) == 4
+    tol = 1e-2 if kw.get("bf16") else 1e-4  # bf16 matmuls: chunked sums round differently
     for a, b in zip(runs[True], runs[False]):
         for key in ("loss", "sft_loss", "fusion_loss"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+            assert a[key] == pytest.approx(b[key], rel=tol, abs=1e-6), key
         assert a["choice_rate/pivot"] == b["choice_rate/pivot"]
 
 

@@ -115,21 +115,22 @@ class FusionTrainer(Trainer):
             return None
         hidden, head, outputs = got
         use_fusion = args.lambda_sft < 1.0
-        fused = fused_fusion_loss(
-            hidden,
-            head,
-            teachers if use_fusion else None,
-            labels=labels,
-            lambda_sft=args.lambda_sft,
-            mask=fusion_mask,
-            fusion=args.fusion,
-            granularity=args.granularity,
-            include_pivot=args.include_pivot,
-            kind=args.distill_loss,
-            tail=args.tail,
-            temperature=args.temperature,
-            chunk_mb=args.fused_output_chunk_mb,
-        )
+        with self.fused_output.autocast(self):  # the model's own output layer would run under --bf16's autocast
+            fused = fused_fusion_loss(
+                hidden,
+                head,
+                teachers if use_fusion else None,
+                labels=labels,
+                lambda_sft=args.lambda_sft,
+                mask=fusion_mask,
+                fusion=args.fusion,
+                granularity=args.granularity,
+                include_pivot=args.include_pivot,
+                kind=args.distill_loss,
+                tail=args.tail,
+                temperature=args.temperature,
+                chunk_mb=args.fused_output_chunk_mb,
+            )
         fusion_value = fused.fusion if use_fusion else torch.zeros((), device=hidden.device)
         return fused.loss, fused.sft, fusion_value, (fused if use_fusion else None), outputs
 

@@ -10,6 +10,7 @@ hidden states, so a model that does anything else to its logits is caught on the
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from typing import Any, Dict, Optional, Set, Tuple
@@ -164,12 +165,21 @@ class FusedOutput:
         key = id(unwrap(model))
         if key not in self._checked:
             self._checked.add(key)
-            reason = head_mismatch(head, hidden, outputs)
+            with self.autocast(trainer):
+                reason = head_mismatch(head, hidden, outputs)
             if reason:
                 self._off[key] = "%s: %s" % (type(unwrap(model)).__name__, reason)
                 logger.warning("fused_output_loss: %s; computing the loss from the model's logits", self._off[key])
                 return None
         return hidden, head, outputs
+
+    @staticmethod
+    def autocast(trainer=None):
+        """The mixed precision the model's forward runs under: accelerate wraps the model's forward in autocast
+        (``--bf16`` / ``--fp16``), not ``compute_loss``, so the fused output layer enters it itself, to run its
+        matmuls in the same dtype as the model's own output layer would."""
+        accelerator = getattr(trainer, "accelerator", None)
+        return accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
 
     def response_log_probs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            response_mask: torch.Tensor, trainer=None) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -179,4 +189,5 @@ class FusedOutput:
         if got is None:
             return None
         hidden, head, _ = got
-        return token_log_probs(hidden, head, input_ids, response_mask, chunk_mb=self.chunk_mb)
+        with self.autocast(trainer):
+            return token_log_probs(hidden, head, input_ids, response_mask, chunk_mb=self.chunk_mb)
