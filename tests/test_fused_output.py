@@ -383,6 +383,7 @@ def _fuse_trainer(tmp_path, fused, model, **kw):
 @pytest.mark.parametrize("arch,kw", [("llama", dict(granularity="token", tail="bucket", distill_loss="kl")),
                                      ("llama", dict(lambda_sft=1.0)),
                                      ("gemma2", dict(fusion_positions="response")),
+                                     ("llama", dict(gradient_checkpointing=True)),
                                      ("llama", dict(bf16=True))])  # accelerate's autocast around the forward
 def test_fusion_trainer_fused_and_unfused_trajectories_agree(tmp_path, arch, kw):
     from fusion_train.testing import tiny_llama
