@@ -23,3 +23,16 @@ def corpora_dir() -> Path:
     if not d.is_dir():
         pytest.skip("shared corpora not found at %s (set TOKALIGN_SHARED)" % d)
     return d
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """torch on one thread for a test: tiny models gain nothing from threads, two threads oversubscribe a shared
+    2-core machine (tests get ~20x slower), and one thread makes CPU results reproducible across processes.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

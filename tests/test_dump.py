@@ -39,12 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOKEN_FIELDS = ("input_ids", "loss_mask", "topk_ids", "topk_logits", "logsumexp", "token_ce")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores; also makes CPU results reproducible across processes
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -17,14 +17,7 @@ V, K = 320, 8
 FP = "e" * 64
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # the tiny model gains nothing from threads; on a shared 2-core machine two threads
-    # oversubscribe and make these tests ~20x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dataset(n=8, n_sources=1, seed=0):

@@ -25,12 +25,7 @@ WORDS = ("apple river stone cloud green music light paper table window garden si
 SLOW_SEEDS = [pytest.param(s, marks=pytest.mark.slow) for s in (1, 2)]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _words(rng):

@@ -14,12 +14,7 @@ from preference_helpers import (load_tiny, pair_rows, sft_rows, tiny_model_dir, 
                                 wrpo_rows)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
