@@ -22,15 +22,9 @@ from fusion_train.fused_output import (
 )
 from fusion_train.preference.losses import response_log_probs, weighted_sft_loss
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 H = 12
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _teacher(b, length, vocab, k, seed, holes=True):
