@@ -422,11 +422,11 @@ def test_trainer_setups_that_shard_the_output_layer_are_refused():
 
 
 @pytest.mark.parametrize("kind", ["dpo", "wrpo", "crlft"])
-def test_preference_trainers_fused_and_unfused_trajectories_agree(tmp_path, monkeypatch, kind):
-    """The integration call for PreferenceTrainer / WeightedSFTTrainer: FusedOutput.response_log_probs in place
-    of policy_forward gives the same losses and weights, step by step."""
+def test_preference_trainers_fused_and_unfused_trajectories_agree(tmp_path, kind):
+    """PreferenceTrainer / WeightedSFTTrainer with fused_output_loss=True (the default: response log-probs from
+    FusedOutput.response_log_probs) and False (policy_forward over the model's logits) give the same losses and
+    weights, step by step."""
     import fusion_train.preference.trainer as ptrainer
-    from fusion_train.fused_output import FusedOutput
     from fusion_train.preference.config import PreferenceConfig, SFTConfig
     from fusion_train.preference.data import ChatEncoder, PreferenceDataset, SFTDataset, read_rows
     from preference_helpers import (TOKENIZERS, load_tiny, pair_rows, sft_rows, tiny_model_dir, trainer_kwargs,
@@ -435,25 +435,12 @@ def test_preference_trainers_fused_and_unfused_trajectories_agree(tmp_path, monk
     if not (TOKENIZERS / "mistral-v1").is_dir():
         pytest.skip("shared tokenizers not found")
     model_dir = tiny_model_dir(tmp_path / "m")
-    unfused = ptrainer.policy_forward
     results = {}
     for fused in (False, True):
-        calls = []
-        if fused:
-            switch = FusedOutput(chunk_mb=0.05)
-
-            def policy_forward(model, input_ids, attention_mask, response_mask, *, keep_logits=None):
-                out = switch.response_log_probs(model, input_ids, attention_mask, response_mask)
-                assert out is not None
-                calls.append(1)
-                return out
-
-            monkeypatch.setattr(ptrainer, "policy_forward", policy_forward)
-        else:
-            monkeypatch.setattr(ptrainer, "policy_forward", unfused)
         model, tok = load_tiny(model_dir)
         # SGD: Adam would turn float rounding in near-zero gradients into lr-sized steps
-        kw = trainer_kwargs(tmp_path / str(fused), max_steps=3, learning_rate=0.5, optim="sgd")
+        kw = trainer_kwargs(tmp_path / str(fused), max_steps=3, learning_rate=0.5, optim="sgd",
+                            fused_output_loss=fused, fused_output_chunk_mb=0.05)
         if kind == "crlft":
             rows = read_rows(write_jsonl(tmp_path / "s.jsonl", sft_rows(8)), "sft")
             ds = SFTDataset(rows, ChatEncoder(tok), weights=[1.0, 0.1, 0.5, 1.0, 0.1, 0.1, 0.3, 1.0])
@@ -464,8 +451,17 @@ def test_preference_trainers_fused_and_unfused_trajectories_agree(tmp_path, monk
             ds = PreferenceDataset(read_rows(write_jsonl(tmp_path / ("%s.jsonl" % fmt), rows), fmt), ChatEncoder(tok))
             cfg = PreferenceConfig(**kw, loss=kind, beta=0.5, reference="live", alpha=0.4)
             trainer = ptrainer.PreferenceTrainer(model=model, args=cfg, train_dataset=ds)
+        calls = []
+        inner = trainer.fused_output.response_log_probs
+
+        def counted(*args, **kwargs):
+            out = inner(*args, **kwargs)
+            calls.append(out is not None)
+            return out
+
+        trainer.fused_output.response_log_probs = counted
         trainer.train()
-        assert bool(calls) == fused
+        assert (bool(calls) and all(calls)) == fused  # the fused path ran (and never fell back) only when asked
         results[fused] = ([h["loss"] for h in trainer.state.log_history if "loss" in h],
                           torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     (l0, p0), (l1, p1) = results[False], results[True]

@@ -13,6 +13,7 @@ from transformers import TrainingArguments
 
 from tokalign.errors import TokalignError
 
+from ..fused_output.options import check_chunk_mb, fused_output_chunk_mb_field, fused_output_loss_field
 from . import loss_registry
 from .losses import GRANULARITIES, TAILS
 
@@ -72,16 +73,8 @@ class FusionConfig(TrainingArguments):
     pad_to_multiple_of: Optional[int] = field(
         default=None, metadata={"help": "pad batches to a multiple of this length (e.g. 8 for tensor cores)"}
     )
-    fused_output_loss: bool = field(
-        default=True,
-        metadata={
-            "help": "compute the output layer and the loss together, chunk by chunk, from the model's hidden "
-            "states: no [batch, length, vocab] logits (fusion_train.fused_output); false: the model's logits"
-        },
-    )
-    fused_output_chunk_mb: float = field(
-        default=256.0, metadata={"help": "memory budget (MB) of one chunk of the fused output loss's temporaries"}
-    )
+    fused_output_loss: bool = fused_output_loss_field()
+    fused_output_chunk_mb: float = fused_output_chunk_mb_field()
     # the batch carries sparse teacher targets the model's forward does not take: never drop them
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "kept False: the batch carries teacher targets the model does not take"}
@@ -113,8 +106,7 @@ class FusionConfig(TrainingArguments):
             raise TokalignError("on_missing must be error or skip, got %r" % self.on_missing)
         if self.max_length is not None and self.max_length < 2:
             raise TokalignError("max_length must be >= 2, got %r" % self.max_length)
-        if self.fused_output_chunk_mb <= 0:
-            raise TokalignError("fused_output_chunk_mb must be > 0, got %r" % self.fused_output_chunk_mb)
+        check_chunk_mb(self.fused_output_chunk_mb)
         if self.label_smoothing_factor:
             raise TokalignError("label_smoothing_factor is not supported by the fusion loss (got %r)" % self.label_smoothing_factor)
         if self.remove_unused_columns:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 __all__ = ["OutputHead", "DEFAULT_CHUNK_MB", "chunk_rows_for", "log_probs_at", "linear_loss"]
 
-DEFAULT_CHUNK_MB = 256
+from .options import DEFAULT_CHUNK_MB  # noqa: E402  (one definition, shared with the configs)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from transformers import TrainingArguments
 
 from tokalign.errors import TokalignError
 
+from ..fused_output.options import check_chunk_mb, fused_output_chunk_mb_field, fused_output_loss_field
+
 __all__ = ["PreferenceConfig", "SFTConfig", "CRLFTConfig", "LOSSES", "REFERENCES", "PLACEMENTS"]
 
 logger = logging.getLogger(__name__)
@@ -56,10 +58,13 @@ class PreferenceConfig(TrainingArguments):
                           "model in memory); live: a frozen copy of the starting model"})
     pad_to_multiple_of: Optional[int] = field(
         default=None, metadata={"help": "pad batches to a multiple of this length (e.g. 8 for tensor cores)"})
+    fused_output_loss: bool = fused_output_loss_field()
+    fused_output_chunk_mb: float = fused_output_chunk_mb_field()
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "kept False: the batch carries masks the model does not take"})
 
     def __post_init__(self) -> None:
+        check_chunk_mb(self.fused_output_chunk_mb)
         if self.loss not in LOSSES:
             raise TokalignError("loss must be one of %s, got %r" % (", ".join(LOSSES), self.loss))
         if self.beta <= 0:
@@ -96,10 +101,13 @@ class SFTConfig(TrainingArguments):
         default=False, metadata={"help": "average each sequence over its own tokens first (default: token mean)"})
     pad_to_multiple_of: Optional[int] = field(
         default=None, metadata={"help": "pad batches to a multiple of this length (e.g. 8 for tensor cores)"})
+    fused_output_loss: bool = fused_output_loss_field()
+    fused_output_chunk_mb: float = fused_output_chunk_mb_field()
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "kept False: the batch carries masks the model does not take"})
 
     def __post_init__(self) -> None:
+        check_chunk_mb(self.fused_output_chunk_mb)
         if self.max_length is not None and self.max_length < 2:
             raise TokalignError("max_length must be >= 2, got %r" % self.max_length)
         if self.label_smoothing_factor:

@@ -18,6 +18,7 @@ import torch
 
 from tokalign.errors import TokalignError
 
+from ..fused_output.options import DEFAULT_CHUNK_MB
 from .data import PreferenceCollator, PreferenceDataset
 
 __all__ = ["FORMAT", "default_path", "model_fingerprint", "compute_reference_logps", "check_file", "load_or_compute"]
@@ -40,9 +41,15 @@ def model_fingerprint(model) -> str:
 
 @torch.no_grad()
 def compute_reference_logps(model, dataset: PreferenceDataset, *, batch_size: int = 8, device: Any = None,
-                            pad_token_id: int = 0, indices: Optional[List[int]] = None) -> List[List[float]]:
-    """``[[ℓ_ref(response r) for r] for each example]`` (summed response log-probs, float32) in one no-grad pass."""
+                            pad_token_id: int = 0, indices: Optional[List[int]] = None, fused_output_loss: bool = True,
+                            fused_output_chunk_mb: float = DEFAULT_CHUNK_MB) -> List[List[float]]:
+    """``[[ℓ_ref(response r) for r] for each example]`` (summed response log-probs, float32) in one no-grad pass,
+    computed the way the trainer computes the policy's (fused output loss unless ``fused_output_loss=False``), so
+    a precomputed reference equals a live one."""
+    from ..fused_output import FusedOutput
     from .trainer import policy_forward
+
+    fused = FusedOutput(fused_output_loss, fused_output_chunk_mb)
 
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -54,8 +61,9 @@ def compute_reference_logps(model, dataset: PreferenceDataset, *, batch_size: in
         for start in range(0, len(idx), batch_size):
             examples = [dataset[i] for i in idx[start:start + batch_size]]
             batch = collate(examples)
-            tok, _ = policy_forward(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                    batch["response_mask"].to(device))
+            args = (batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["response_mask"].to(device))
+            got = fused.response_log_probs(model, *args)
+            tok, _ = got if got is not None else policy_forward(model, *args)
             n = len(examples[0]["responses"])
             out.extend(tok.sum(-1).view(n, len(examples)).t().float().cpu().tolist())
     finally:
@@ -89,7 +97,8 @@ def check_file(path, dataset: PreferenceDataset) -> None:
 
 
 def load_or_compute(model, dataset: PreferenceDataset, path, *, batch_size: int = 8, device: Any = None,
-                    pad_token_id: int = 0, process_index: int = 0, num_processes: int = 1) -> dict:
+                    pad_token_id: int = 0, process_index: int = 0, num_processes: int = 1,
+                    fused_output_loss: bool = True, fused_output_chunk_mb: float = DEFAULT_CHUNK_MB) -> dict:
     """Attach reference log-probs to ``dataset``: read ``path`` if it exists (refused when computed for other
     data or another model), else compute them with ``model`` (sliced over processes) and write ``path``
     (main process). Returns ``{"path", "computed", "seconds"}``."""
@@ -109,7 +118,8 @@ def load_or_compute(model, dataset: PreferenceDataset, path, *, batch_size: int 
     t0 = time.perf_counter()
     mine = list(range(process_index, len(dataset), num_processes))
     logps = compute_reference_logps(model, dataset, batch_size=batch_size, device=device,
-                                    pad_token_id=pad_token_id, indices=mine)
+                                    pad_token_id=pad_token_id, indices=mine, fused_output_loss=fused_output_loss,
+                                    fused_output_chunk_mb=fused_output_chunk_mb)
     if num_processes > 1:
         import torch.distributed as dist
 

@@ -114,7 +114,9 @@ def run_preference(config: "PreferenceConfig", model: Any, data, *, tokenizer: A
         model.to(device)
         reference.update(load_or_compute(model, dataset, path, batch_size=config.per_device_eval_batch_size,
                                          device=device, pad_token_id=pad_id, process_index=config.process_index,
-                                         num_processes=config.world_size))
+                                         num_processes=config.world_size,
+                                         fused_output_loss=config.fused_output_loss,
+                                         fused_output_chunk_mb=config.fused_output_chunk_mb))
     from .data import PreferenceCollator
 
     trainer = PreferenceTrainer(model=model, args=config, train_dataset=dataset, ref_model=ref_model,

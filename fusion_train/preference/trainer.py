@@ -61,9 +61,22 @@ def policy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 class _SummedLossTrainer(Trainer):
-    """Shared machinery: the per-step normaliser from :meth:`get_batch_samples`, float32 side inputs, eval."""
+    """Shared machinery: the per-step normaliser from :meth:`get_batch_samples`, float32 side inputs, eval, and
+    the response log-probs (fused output loss by default: no ``[B, L, V]`` logits)."""
 
     loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from ..fused_output import FusedOutput
+
+        self.fused_output = FusedOutput(self.args.fused_output_loss, self.args.fused_output_chunk_mb)
+
+    def _token_logps(self, model, input_ids, attention_mask, response_mask):
+        """``(token_logps [B, L-1], mask [B, L-1])`` of the responses: fused where the model allows (the
+        first batch is checked against the model's own logits), else :func:`policy_forward`."""
+        out = self.fused_output.response_log_probs(model, input_ids, attention_mask, response_mask, trainer=self)
+        return out if out is not None else policy_forward(model, input_ids, attention_mask, response_mask)
 
     def _normaliser(self, batch: Dict[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -152,14 +165,14 @@ class PreferenceTrainer(_SummedLossTrainer):
         n = args.n_responses
         ids, attn, resp = inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
         batch = ids.shape[0] // n
-        token_logps, mask = policy_forward(model, ids, attn, resp)
+        token_logps, mask = self._token_logps(model, ids, attn, resp)
         logps = token_logps.sum(-1).view(n, batch)
         lengths = mask.sum(-1).view(n, batch)
         if REF_KEY in inputs:
             ref = inputs[REF_KEY].t().float()
         elif self.ref_model is not None:
             with torch.no_grad():
-                ref_tok, _ = policy_forward(self.ref_model, ids, attn, resp)
+                ref_tok, _ = self._token_logps(self.ref_model, ids, attn, resp)
             ref = ref_tok.sum(-1).view(n, batch)
         else:
             raise TokalignError("no reference: the batch has no ref_logps and the trainer no ref_model "
@@ -242,8 +255,8 @@ class WeightedSFTTrainer(_SummedLossTrainer):
         return (w * (n > 0)).sum() if self.args.per_sequence else (w * n).sum()
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        token_logps, mask = policy_forward(model, inputs["input_ids"], inputs["attention_mask"],
-                                           inputs["response_mask"])
+        token_logps, mask = self._token_logps(model, inputs["input_ids"], inputs["attention_mask"],
+                                              inputs["response_mask"])
         weights = inputs[WEIGHTS_KEY]
         # the sum over this micro-batch (normaliser 1), then the step's normaliser
         summed = weighted_sft_loss(token_logps, mask, weights, normalizer=torch.ones((), device=weights.device),
