@@ -1,5 +1,8 @@
 """Sparse-target distillation losses and MinCE fusion, in pure torch.
 
+(About 430 lines on purpose: the tail modes, the registered losses and MinCE share one per-position function,
+``_per_position``, which the fused output loss reuses too; splitting them would scatter that one definition.)
+
 Every function here works on the student's logits ``[..., V]`` and sparse teacher targets
 ``ids [..., K]`` / ``probs [..., K]`` (``ids < 0`` marks an invalid slot) and never expands a
 target to ``[..., V]``: the student's log-probabilities at the target ids are a ``gather`` minus
