@@ -78,3 +78,15 @@ def test_device_cuda_without_gpu_is_one_line(capsys):
                  "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--device cuda" in err
+
+
+def test_demo_without_matplotlib_says_so_and_finishes(tmp_path, capsys, monkeypatch):
+    """The README's main job after a core `pip install .` (no matplotlib): every artifact but the figure, and
+    one line saying why the figure is missing and which extra brings it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    err = capsys.readouterr().err
+    assert "no report.png" in err and "tokalign[plot]" in err
+    assert (tmp_path / "demo" / "report.txt").is_file() and not (tmp_path / "demo" / "report.png").exists()

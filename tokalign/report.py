@@ -212,13 +212,24 @@ def format_report(r: Dict) -> str:
     return "\n".join(lines)
 
 
+FIGURE_NEEDS = "matplotlib, which is not installed: pip install 'tokalign[plot]'"
+
+
+def figures_missing() -> Optional[str]:
+    """None when figures can be drawn, else why not (one line naming the extra to install)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "a figure needs " + FIGURE_NEEDS
+    return None
+
+
 def plot_report(r: Dict, out: str) -> None:
     """A figure: coverage per map (by vocabulary and by corpus mass), top-1 distance histograms, group kinds."""
     try:
         import matplotlib
     except ImportError:
-        raise TokalignError("a figure needs matplotlib, which is not installed: pip install 'tokalign[plot]' "
-                            "(or drop --plot)") from None
+        raise TokalignError("a figure needs %s (or drop --plot)" % FIGURE_NEEDS) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

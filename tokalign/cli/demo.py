@@ -4,6 +4,8 @@ build-stats -> vocab-map with every registered method (em, mined, ms) -> report 
 figure when matplotlib is installed). With no flags it runs offline on tokenizers shipped inside PyPI packages (openchat-3.5's
 vocabulary and Mistral-NeMo's tekken, from mistral-common) and on the small built-in corpus.
 """
+import sys
+
 from .common import add_tokenizer_options, formatter
 
 EPILOG = """examples:
@@ -47,7 +49,7 @@ def run(args) -> int:
 
     from ..artifacts import atomic_dir
     from ..stats import BuildOptions, build_stats, summary_line
-    from ..report import build_report, format_report, load_any, plot_report
+    from ..report import build_report, figures_missing, format_report, load_any, plot_report
     from ..vocab.registry import methods
     from .common import load_pair, print_json
 
@@ -70,10 +72,11 @@ def run(args) -> int:
                   % (method.name, int(vm.mapped().sum()), vm.source_vocab, time.perf_counter() - t))
         items = [load_any(tmp / d) for d in ["stats"] + maps]
         report = build_report(items, pivot, source)
-        try:
+        missing = figures_missing()  # matplotlib is optional (the [plot] extra): say so, then go on
+        if missing:
+            print("demo: no report.png: %s" % missing, file=sys.stderr)
+        else:
             plot_report(report, str(tmp / "report.png"))
-        except ImportError:
-            pass  # matplotlib is optional (the [plot] extra)
         text = format_report(report)
         (tmp / "report.txt").write_text(text + "\n", encoding="utf-8")
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

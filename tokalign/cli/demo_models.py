@@ -12,6 +12,7 @@ model without one), so both tokenizations spell the same characters and every sh
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -141,6 +142,7 @@ def run_models(args) -> int:
     from ..dump import DumpOptions, dump_logits
     from ..errors import TokalignError
     from ..remap import RemapOptions, run_stores
+    from ..report import figures_missing
     from ..stats import BuildOptions, build_stats, summary_line
     from ..store.inspect import format_text, inspect
     from ..tokenize import load_tokenizer
@@ -201,10 +203,11 @@ def run_models(args) -> int:
         (tmp / "next_token.md").write_text(table + "\n", encoding="utf-8")
         (tmp / "next_token.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "remap_reports.json").write_text(json.dumps(reports, indent=1, default=str) + "\n", encoding="utf-8")
-        try:
+        missing = figures_missing()  # matplotlib is optional (the [plot] extra): say so, then go on
+        if missing:
+            print("demo: no next_token.png: %s" % missing, file=sys.stderr)
+        else:
             plot_rows(rows, tmp / "next_token.png", pivot_name, source_name)
-        except ImportError:
-            pass  # matplotlib is optional (the [plot] extra)
         lap("inspect, table, figure", t)
         timings["total"] = round(time.perf_counter() - t0, 1)
         (tmp / "timings.json").write_text(json.dumps(timings, indent=1) + "\n", encoding="utf-8")
