@@ -202,3 +202,21 @@ def test_crlft_config_rejects_bad_placement(tmp_path):
 
     with pytest.raises(TokalignError):
         CRLFTConfig(**trainer_kwargs(tmp_path), placement="middle")
+
+
+def test_cli_pickled_weights_need_allow_pickle(tmp_path, model_dir, capsys):
+    """Same policy as dump-logits and fuse: a folder with only pytorch_model.bin is refused, naming
+    --allow-pickle; with it, the trainer runs."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(model_dir, pickled)
+    for f in pickled.glob("*.safetensors"):
+        torch.save(load_file(str(f)), pickled / "pytorch_model.bin")
+        f.unlink()
+    sft = str(write_jsonl(tmp_path / "sft.jsonl", sft_rows(8)))
+    base = ["sft", "--model", str(pickled), "--data", sft] + COMMON
+    assert "--allow-pickle" in _error(capsys, base + ["--output-dir", str(tmp_path / "o1")])
+    assert main(base + ["--output-dir", str(tmp_path / "o2"), "--allow-pickle"]) == 0

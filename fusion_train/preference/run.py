@@ -56,12 +56,15 @@ def load_tokenizer(model: Any, tokenizer: Any = None, *, trust_remote_code: bool
         raise TokalignError("--model %s: no usable tokenizer (%s)" % (model, str(exc).splitlines()[0])) from None
 
 
-def load_model(model: Any, *, model_dtype: str = "float32", trust_remote_code: bool = False):
-    """A directory loaded with :func:`tokalign.dump.load_causal_lm` (safetensors only); a loaded model as is."""
+def load_model(model: Any, *, model_dtype: str = "float32", trust_remote_code: bool = False,
+               allow_pickle: bool = False):
+    """A directory loaded with :func:`tokalign.models.load_causal_lm` (safetensors only unless ``allow_pickle``);
+    a loaded model as is."""
     if isinstance(model, (str, os.PathLike)):
-        from tokalign.dump import load_causal_lm
+        from tokalign.models import load_causal_lm
 
-        model, _ = load_causal_lm(str(model), dtype=model_dtype, device="cpu", trust_remote_code=trust_remote_code)
+        model, _ = load_causal_lm(str(model), dtype=model_dtype, device="cpu", trust_remote_code=trust_remote_code,
+                                  allow_pickle=allow_pickle)
     return model
 
 
@@ -88,7 +91,7 @@ def _finish(trainer, resume, output_dir: Path, name: str, extra: Dict[str, Any])
 
 def run_preference(config: "PreferenceConfig", model: Any, data, *, tokenizer: Any = None, ref_model: Any = None,
                    ref_logps: Optional[str] = None, model_dtype: str = "float32", trust_remote_code: bool = False,
-                   overwrite_output_dir: bool = False) -> Dict[str, Any]:
+                   overwrite_output_dir: bool = False, allow_pickle: bool = False) -> Dict[str, Any]:
     """Train ``model`` on preference pairs (``loss`` dpo / ln_dpo) or WRPO triples (``loss`` wrpo) from ``data``
     (JSON Lines). ``reference="precomputed"`` reads / writes ``ref_logps`` (default ``<data>.ref-logps.json``);
     ``"live"`` keeps ``ref_model`` (default: a frozen copy of the starting model)."""
@@ -105,7 +108,8 @@ def run_preference(config: "PreferenceConfig", model: Any, data, *, tokenizer: A
         from .reference import check_file
 
         check_file(ref_logps or default_path(data), dataset)
-    model = load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code)
+    model = load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code,
+                       allow_pickle=allow_pickle)
     pad_id = _pad_id(model, tokenizer)
     reference: Dict[str, Any] = {"kind": config.reference}
     if config.reference == "precomputed":
@@ -142,7 +146,8 @@ def _sft(config, get_model, rows, encoder, weights, *, tokenizer, resume, name, 
 
 
 def run_sft(config: "SFTConfig", model: Any, data, *, tokenizer: Any = None, model_dtype: str = "float32",
-            trust_remote_code: bool = False, overwrite_output_dir: bool = False) -> Dict[str, Any]:
+            trust_remote_code: bool = False, overwrite_output_dir: bool = False,
+            allow_pickle: bool = False) -> Dict[str, Any]:
     """SFT on the conversational SFT set (``data``), assistant tokens only, token mean over the whole
     accumulated batch."""
     from .data import ChatEncoder, read_rows
@@ -151,13 +156,14 @@ def run_sft(config: "SFTConfig", model: Any, data, *, tokenizer: Any = None, mod
     rows = read_rows(data, "sft")
     tokenizer = load_tokenizer(model, tokenizer, trust_remote_code=trust_remote_code)
     encoder = ChatEncoder(tokenizer)
-    return _sft(config, lambda: load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code),
+    return _sft(config, lambda: load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code,
+                       allow_pickle=allow_pickle),
                 rows, encoder, None, tokenizer=tokenizer, resume=resume, name="sft", extra={"data": str(data)})
 
 
 def run_crlft(config: "CRLFTConfig", model: Any, data, *, tokenizer: Any = None, from_scored: bool = False,
               model_dtype: str = "float32", trust_remote_code: bool = False,
-              overwrite_output_dir: bool = False) -> Dict[str, Any]:
+              overwrite_output_dir: bool = False, allow_pickle: bool = False) -> Dict[str, Any]:
     """C-RLFT on ``data``: an SFT set whose rows have a class (``class_key``, else ``model``), or with
     ``from_scored`` scored responses turned into records by :func:`~fusion_train.preference.crlft.records_from_scored`
     (class = source; weights from each source's mean score unless ``config.class_weights`` is given)."""
@@ -180,7 +186,8 @@ def run_crlft(config: "CRLFTConfig", model: Any, data, *, tokenizer: Any = None,
     classes = record_classes(rows, config.class_key)
     check_weights(classes, weights_by_class)
     tokenizer = load_tokenizer(model, tokenizer, trust_remote_code=trust_remote_code)
-    model = load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code)
+    model = load_model(model, model_dtype=model_dtype, trust_remote_code=trust_remote_code,
+                       allow_pickle=allow_pickle)
     growth = ensure_end_of_turn(tokenizer, model, config.end_of_turn)
     present = sorted(set(classes))
     expert = max(present, key=lambda c: (weights_by_class[c], c))

@@ -31,6 +31,8 @@ def _own_flags(extra: Callable[[argparse._ArgumentGroup], None] = None) -> argpa
                     help="dtype to load the weights in (default float32 master weights; --bf16 autocasts)")
     io.add_argument("--trust-remote-code", action="store_true",
                     help="allow a model / tokenizer that needs custom code from its repository (off by default)")
+    io.add_argument("--allow-pickle", action="store_true",
+                    help="load a model folder with only pickled weights (pytorch_model.bin); safetensors otherwise")
     io.add_argument("--overwrite-output-dir", action="store_true",
                     help="write into a non-empty --output-dir (existing files are not deleted)")
     io.add_argument("--json", action="store_true", help="print the final summary as JSON")

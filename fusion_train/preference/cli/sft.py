@@ -28,5 +28,6 @@ def run(args) -> int:
 
     config = build_config(args)
     summary = run_sft(config, args.model, args.data, model_dtype=args.model_dtype,
-                      trust_remote_code=args.trust_remote_code, overwrite_output_dir=args.overwrite_output_dir)
+                      trust_remote_code=args.trust_remote_code, overwrite_output_dir=args.overwrite_output_dir,
+                             allow_pickle=args.allow_pickle)
     return print_summary(config, args, summary)

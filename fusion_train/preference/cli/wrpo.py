@@ -32,5 +32,6 @@ def run(args) -> int:
 
     config = build_config(args, loss="wrpo")
     summary = run_preference(config, args.model, args.data, ref_logps=args.ref_logps, model_dtype=args.model_dtype,
-                             trust_remote_code=args.trust_remote_code, overwrite_output_dir=args.overwrite_output_dir)
+                             trust_remote_code=args.trust_remote_code, overwrite_output_dir=args.overwrite_output_dir,
+                             allow_pickle=args.allow_pickle)
     return print_summary(config, args, summary)
