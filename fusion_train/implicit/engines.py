@@ -231,7 +231,11 @@ class VllmEngine:
 
 class LlamaCppEngine:
     """llama.cpp through llama-cpp-python (only where ``import llama_cpp`` works), for GGUF files; the GGUF's
-    own chat template, one seed per request."""
+    own chat template (or the spec's), one seed per request, one request at a time.
+
+    Set against llama-cpp-python's defaults so that it samples as the transformers engine does: the GGUF's
+    template is used even where llama-cpp-python would swap in a built-in format it guesses from it, min-p is
+    off (its default is 0.05), and it runs as many threads as torch does (its default is half the CPUs)."""
 
     name = "llama.cpp"
 
@@ -252,7 +256,20 @@ class LlamaCppEngine:
             raise TokalignError("%s: --engine llama.cpp needs a .gguf file" % spec.path)
         self.spec = spec
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=0, n_gpu_layers=0 if device == "cpu" else -1,
-                                   verbose=False)
+                                   n_threads=_torch_threads(), n_threads_batch=_torch_threads(), verbose=False)
+        template = _template_text(spec)
+        if template is not None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos, bos = self.llm.token_eos(), self.llm.token_bos()
+            text = lambda t: self.llm.detokenize([t], special=True).decode("utf-8") if t != -1 else ""  # noqa: E731
+            self.llm.chat_handler = Jinja2ChatFormatter(template, text(eos), text(bos),
+                                                        stop_token_ids=[eos]).to_chat_handler()
+        elif "tokenizer.chat_template" in self.llm.metadata:
+            self.llm.chat_format = "chat_template.default"
+        else:
+            raise TokalignError("model %s: its GGUF file has no chat template; give one (chat_template in "
+                                "--model-config)" % spec.name)
 
     def generate(self, units: Sequence[_Unit], batch_seed: int, max_new_tokens: int) -> List[Generation]:
         s = self.spec
@@ -261,15 +278,25 @@ class LlamaCppEngine:
             r = self.llm.create_chat_completion(
                 messages=list(u.prompt["messages"]), temperature=s.temperature or 0.0,
                 top_p=s.top_p if s.top_p is not None else 1.0, top_k=s.top_k or 0,
-                repeat_penalty=s.repetition_penalty or 1.0, max_tokens=max_new_tokens, seed=u.seed)
+                min_p=0.0, repeat_penalty=s.repetition_penalty or 1.0, max_tokens=max_new_tokens, seed=u.seed)
             choice = r["choices"][0]
-            out.append(Generation(choice["message"]["content"] or "",
-                                  "stop" if choice.get("finish_reason") == "stop" else "length",
-                                  int(r.get("usage", {}).get("completion_tokens", 0))))
+            stop = choice.get("finish_reason") == "stop"
+            # completion_tokens leaves out the end-of-turn token it stopped at; the other engines count it
+            out.append(Generation(choice["message"]["content"] or "", "stop" if stop else "length",
+                                  int(r.get("usage", {}).get("completion_tokens", 0)) + int(stop)))
         return out
 
     def close(self) -> None:
         del self.llm
+
+
+def _torch_threads() -> int:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        return os.cpu_count() or 1
 
 
 def open_engine(engine: str, spec: ModelSpec, **kwargs: Any):
