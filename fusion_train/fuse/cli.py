@@ -61,7 +61,8 @@ def _own_flags() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(add_help=False)
     io = parser.add_argument_group("model and stores")
-    io.add_argument("--model", required=True, help="pivot model directory (AutoModelForCausalLM)")
+    io.add_argument("--model", required=True,
+                    help="pivot model: a directory (safetensors), a .gguf file or an alias (smollm2-135m-instruct)")
     io.add_argument("--pivot-store", required=True, help="store of the pivot model's own top-k distributions")
     io.add_argument(
         "--teacher-store",
