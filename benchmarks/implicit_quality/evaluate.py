@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .pipeline import Bench, read_jsonl, sample_into, threads, write_jsonl
 
@@ -49,13 +49,15 @@ def accuracy(scored: Path, prompts: Sequence[Mapping[str, Any]]) -> Dict[str, An
     return out
 
 
-def evaluate(bench: Bench, label: str, key: Any, folder: Path, heldout: Path,
+def evaluate(bench: Bench, label: str, key: Any, folder_of: Callable[[], Path], heldout: Path,
              chat: Sequence[Mapping[str, Any]], make_model=None) -> Dict[str, Any]:
-    """Cached by ``key``. ``folder``: a loadable model folder (model + tokenizer, chat template included)."""
+    """Cached by ``key``. ``folder_of()``: a loadable model folder (model + tokenizer, chat template included),
+    asked for only when the evaluation is not cached."""
     c = bench.cfg
 
     def build(out: Path) -> None:
         threads(c)
+        folder = folder_of()
         from fusion_train.implicit import ScoreOptions, score
         from fusion_train.implicit.engines import ModelSpec
 

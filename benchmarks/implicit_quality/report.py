@@ -100,7 +100,9 @@ def _se_verdict(deltas: List[float]) -> str:
     m, sd = float(np.mean(deltas)), float(np.std(deltas, ddof=1))
     se = sd / math.sqrt(n)
     if se == 0:
-        return "identical on every seed" if m == 0 else ("better" if m > 0 else "worse") + " on every seed by the same amount"
+        if m == 0:
+            return "identical on every seed"
+        return ("better" if m > 0 else "worse") + " on every seed by the same amount"
     return "better than SFT-only by > 2 s.e." if m > 2 * se else "worse than SFT-only by > 2 s.e." if m < -2 * se \
         else "within 2 s.e. of SFT-only"
 
@@ -112,6 +114,8 @@ def reading(r: Mapping[str, Any]) -> str:
     parts.append("The untouched target solves %.1f%% of the %d held-out generated problems (greedy)%s." % (
         100 * u, r["task_counts"]["heldout"], " — inside the 10–60 % band the difficulty was chosen for" if
         0.1 <= u <= 0.6 else " — OUTSIDE the 10–60 % band the issue asks for"))
+    parts.append("One held-out item is %.1f accuracy points: differences of one or two items are within what a "
+                 "different draw of problems would change." % (100.0 / max(1, r["task_counts"]["heldout"])))
     src = r["sources"]
     parts.append("Source accuracy on the training prompts: %s." % ", ".join(
         "%s %.1f%% of %d" % (m, 100 * s["accuracy"], s["responses"]) for m, s in src.items()))
@@ -124,15 +128,63 @@ def reading(r: Mapping[str, Any]) -> str:
             txt += ", Δ vs SFT-only %s pts (%s)" % (_pm(row["delta_acc_ms"], True), _se_verdict(row["delta_acc"]))
         parts.append(txt + ".")
     fc = r["builds"]["fusechat3"]["domains"].get("math", {})
-    parts.append("Preference data: FuseChat-3.0 built %s SFT rows and %s same-source pairs (%s prompts dropped over both "
-                 "parts: %s); WRPO step 1 %s SFT rows; WRPO triples per seed after target sampling: %s." % (
+    parts.append("Preference data: FuseChat-3.0 built %s SFT rows and %s same-source pairs (%s prompts dropped over "
+                 "both parts: %s); WRPO step 1 %s SFT rows; WRPO triples per seed after target sampling: %s." % (
                      fc.get("sft"), fc.get("dpo"), fc.get("dropped"), r["builds"]["fusechat3"].get("dropped_reasons"),
                      r["builds"]["wrpo1"]["domains"].get("math", {}).get("sft"),
                      ", ".join(str((w or {}).get("domains", {}).get("math", {}).get("dpo")) for w in
                                r["wrpo_step2"].values())))
+    parts += questions(r)
     if not r["explicit"].get("available"):
         parts.append("Arm 6 (explicit fusion) is not available: %s." % r["explicit"].get("reason"))
     return " ".join(parts)
+
+
+def _paired(a: Mapping[str, Any], x: str, y: str) -> List[float]:
+    if x not in a or y not in a or len(a[x]["accuracy"]) != len(a[y]["accuracy"]):
+        return []
+    return [p - q for p, q in zip(a[x]["accuracy"], a[y]["accuracy"])]
+
+
+def _say(d: List[float]) -> str:
+    if not d:
+        return "not measured"
+    ms = _ms(d)
+    return "%+.1f ± %.1f pts over %d seeds (%s)" % (100 * ms["mean"], 100 * np.nan_to_num(ms["std"]), len(d),
+                                                   _se_verdict(d).replace(" than SFT-only", "").replace(
+                                                       " of SFT-only", ""))
+
+
+def questions(r: Mapping[str, Any]) -> List[str]:
+    """The issue's four questions, each answered from paired differences (the same seed = the same data order)."""
+    a = r["arms"]
+    out = []
+    for kind in ("dpo", "ln_dpo"):
+        if kind in a:
+            out.append("Does preference optimisation add to SFT? %s − SFT-only: %s." % (kind.upper().replace("_", "-"),
+                                                                                       _say(_paired(a, kind, "sft"))))
+    if "wrpo@0.1" in a and "dpo" in a:
+        out.append("WRPO's ramp vs plain DPO (each against its own SFT stage): WRPO α→%g − its SFT %s; WRPO α→%g − "
+                   "its SFT %s; DPO − its SFT %s." % (
+                       r["config"]["alpha_end"], _say(_paired(a, "wrpo@0.1", "wrpo_sft")), r["config"]["alpha_high"],
+                       _say(_paired(a, "wrpo@high", "wrpo_sft")), _say(_paired(a, "dpo", "sft"))))
+    if "crlft" in a:
+        out.append("C-RLFT (class-conditioned, weighted by measured source accuracy %s) − SFT-only: %s." % (
+            r.get("crlft_weights"), _say(_paired(a, "crlft", "sft"))))
+    below = [arm for arm, row in a.items() if arm != "untouched"
+             and row["accuracy_ms"]["mean"] <= a["untouched"]["accuracy"][0]]
+    if below:
+        out.append("Arms that do not beat the untouched target on mean accuracy: %s (see the data counts, pair counts "
+                   "and reward margins in this report)." % ", ".join(below))
+    ub = a["untouched"]["bpb"][0]
+    if np.isfinite(ub):
+        out.append("General ability (held-out chat bits/byte, untouched %.4f): %s." % (ub, ", ".join(
+            "%s %+.4f" % (arm, row["bpb_ms"]["mean"] - ub) for arm, row in a.items() if arm != "untouched")))
+    tok = {arm: row.get("trained_tokens") for arm, row in a.items() if row.get("trained_tokens")}
+    if tok:
+        out.append("Training tokens (policy forward, stages included): %s." % ", ".join(
+            "%s {:,}".format(v) % k for k, v in tok.items()))
+    return out
 
 
 def format_markdown(r: Mapping[str, Any]) -> str:

@@ -80,8 +80,8 @@ def run_seed(bench: Bench, seed: int, shared: Dict[str, Any]) -> Dict[str, Any]:
     def ev(arm: str, folder: Path) -> None:
         key = {"arm": json.loads((folder / "key.json").read_text()), "task": bench.task_key(),
                "n_chat": c.n_chat, "chat_seq_len": c.chat_seq_len, "max_new_tokens": c.max_new_tokens, "v": 1}
-        res = evaluate(bench, "%s seed %d" % (arm, seed), key, model_dir(bench, folder), heldout, shared["chat"],
-                       make_model=lambda: load_model(bench, folder))
+        res = evaluate(bench, "%s seed %d" % (arm, seed), key, lambda: model_dir(bench, folder), heldout,
+                       shared["chat"], make_model=lambda: load_model(bench, folder))
         summ = json.loads((folder / "summary.json").read_text())
         res["trained_tokens"] = summ.get("trained_tokens")
         res["train_seconds"] = summ.get("seconds")
@@ -155,7 +155,7 @@ def run_benchmark(cfg: ImplicitConfig, cache_dir: Path, log: Callable[[str], Non
     with bench.stage("untouched target + explicit-fusion target"):
         base_key = {"arm": "untouched", "model": bench.model_key("target"), "task": bench.task_key(),
                     "n_chat": cfg.n_chat, "chat_seq_len": cfg.chat_seq_len, "max_new_tokens": cfg.max_new_tokens}
-        untouched = evaluate(bench, "untouched", base_key, bench.model_dirs["target"],
+        untouched = evaluate(bench, "untouched", base_key, lambda: bench.model_dirs["target"],
                              shared["task"] / "heldout.jsonl", shared["chat"])
         explicit = find_explicit(REPO) if "explicit" in cfg.arms else {"available": False, "reason": "not asked"}
         if explicit["available"]:
@@ -176,10 +176,13 @@ def evaluate_explicit(bench: Bench, folder: Path, shared: Dict[str, Any]) -> Dic
     c = bench.cfg
     target_key = json.loads((folder / "key.json").read_text())
     mdir = bench.cache / ("explicit-model-%s" % config_hash(target_key))
-    if not (mdir / "model.safetensors").exists():
-        load_model(bench, folder).save_pretrained(str(mdir))
-        base_tokenizer(bench).save_pretrained(str(mdir))
+
+    def folder_of() -> Path:
+        if not (mdir / "model.safetensors").exists():
+            load_model(bench, folder).save_pretrained(str(mdir))
+            base_tokenizer(bench).save_pretrained(str(mdir))
+        return mdir
     key = {"arm": "explicit", "target": target_key, "task": bench.task_key(), "n_chat": c.n_chat,
            "chat_seq_len": c.chat_seq_len, "max_new_tokens": c.max_new_tokens}
-    return evaluate(bench, "explicit seed %s" % target_key.get("seed"), key, mdir, shared["task"] / "heldout.jsonl",
-                    shared["chat"])
+    return evaluate(bench, "explicit seed %s" % target_key.get("seed"), key, folder_of,
+                    shared["task"] / "heldout.jsonl", shared["chat"])
