@@ -87,7 +87,7 @@ def chat_bpb(folder: Path, chat: Sequence[Mapping[str, Any]], make_model=None) -
     from tokalign.models import load_causal_lm
 
     model = make_model() if make_model else load_causal_lm(str(folder), dtype="fp32", device="cpu")[0]
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     r = response_bits(model, tok, chat, batch_tokens=1024)
     return {"bpb": r["bpb"], "ce": r["ce"], "chat_bytes": r["bytes"]}
 

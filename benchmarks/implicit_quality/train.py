@@ -32,7 +32,7 @@ def trainable_names(model, train_layers: int) -> List[str]:
 def base_tokenizer(bench: Bench, folder: Optional[Path] = None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder or bench.model_dirs["target"]))
+    return AutoTokenizer.from_pretrained(str(folder or bench.model_dirs["target"]), trust_remote_code=False)
 
 
 def load_model(bench: Bench, trained: Optional[Path] = None):
