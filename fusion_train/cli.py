@@ -1,4 +1,5 @@
-"""The ``fusion-train`` command line: ``fuse`` (distillation with MinCE fusion) and ``merge``.
+"""The ``fusion-train`` command line: explicit fusion (``fuse``, ``merge``), implicit fusion's data side
+(``sample``, ``score``, ``build-pairs``) and its trainers (``sft``, ``dpo``, ``wrpo``, ``crlft``).
 
 Each subcommand lives in its own module with ``register(subparsers)``; listed in SUBCOMMANDS.
 """
@@ -25,6 +26,11 @@ EPILOG = """examples:
   fusion-train fuse --model pivot/ --pivot-store pivot.zarr --teacher-store src.zarr --output-dir target/
   fusion-train merge --method sce --base pivot/ --models t1/ t2/ --out merged/
   fusion-train merge --config merge.yml --out merged/
+  fusion-train sample --models a/ b/ --prompts prompts.jsonl --n 5 --out responses.jsonl
+  fusion-train score --in responses.jsonl --verify math --out scored.jsonl
+  fusion-train build-pairs --recipe fusechat3 --in scored.jsonl --out data/
+  fusion-train sft --model target/ --data data/sft.jsonl --output-dir sft/
+  fusion-train dpo --model sft/ --data data/pairs.jsonl --loss ln_dpo --beta 10 --output-dir dpo/
 """
 
 
@@ -33,7 +39,8 @@ def build_parser(only=None) -> argparse.ArgumentParser:
     TrainingArguments, seconds of start-up that ``merge`` should not pay)."""
     parser = argparse.ArgumentParser(
         prog="fusion-train",
-        description="Fuse (sparse-target distillation with MinCE) and merge (SCE, VaRM, TIES, ...) LLMs.",
+        description="Fuse (sparse-target distillation with MinCE), merge (SCE, VaRM, TIES, ...) and implicitly fuse "
+                    "(sample, score, build pairs; SFT, DPO, WRPO, C-RLFT) LLMs.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
