@@ -74,18 +74,24 @@ def prompt_fields(row: Dict[str, Any]) -> Dict[str, Any]:
     return {k: row[k] for k in PROMPT_FIELDS if k in row and row[k] is not None}
 
 
+def _read_unique(path: Any, check, what: str) -> List[Dict[str, Any]]:
+    """Every row of ``path`` through ``check(row, where)``; a repeated ``prompt_id`` or an empty file is an
+    error naming the file (and line)."""
+    rows, seen = [], {}
+    for where, row in read_jsonl(path):
+        r = check(row, where)
+        if r["prompt_id"] in seen:
+            raise _fail(where, "prompt_id %s repeats %s" % (r["prompt_id"], seen[r["prompt_id"]]))
+        seen[r["prompt_id"]] = where
+        rows.append(r)
+    if not rows:
+        raise TokalignError("%s: no %s" % (path, what))
+    return rows
+
+
 def read_prompts(path: Any) -> List[Dict[str, Any]]:
     """All prompts of a file, checked; a repeated ``prompt_id`` is an error."""
-    prompts, seen = [], {}
-    for where, row in read_jsonl(path):
-        p = check_prompt(row, where)
-        if p["prompt_id"] in seen:
-            raise _fail(where, "prompt_id %s repeats %s" % (p["prompt_id"], seen[p["prompt_id"]]))
-        seen[p["prompt_id"]] = where
-        prompts.append(p)
-    if not prompts:
-        raise TokalignError("%s: no prompts" % path)
-    return prompts
+    return _read_unique(path, check_prompt, "prompts")
 
 
 def _check_response_id(r: Dict[str, Any], where: str, pid: str) -> Tuple[str, int]:
@@ -140,16 +146,8 @@ def check_scored(row: Dict[str, Any], where: str, *, need_scores: bool = True) -
 
 
 def read_scored(path: Any) -> List[Dict[str, Any]]:
-    rows, seen = [], {}
-    for where, row in read_jsonl(path):
-        s = check_scored(row, where)
-        if s["prompt_id"] in seen:
-            raise _fail(where, "prompt_id %s repeats %s" % (s["prompt_id"], seen[s["prompt_id"]]))
-        seen[s["prompt_id"]] = where
-        rows.append(s)
-    if not rows:
-        raise TokalignError("%s: no scored prompts" % path)
-    return rows
+    """All scored prompts of a file, checked; a repeated ``prompt_id`` is an error."""
+    return _read_unique(path, check_scored, "scored prompts")
 
 
 def group_samples(paths: Sequence[Any]) -> List[Dict[str, Any]]:
