@@ -104,6 +104,12 @@ class FusionTrainer(Trainer):
             inputs[TEACHER_KEY] = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in teachers]
         return inputs
 
+    def _fusion_options(self) -> Dict[str, Any]:
+        """The fusion-loss keywords from the config, one spelling for the fused and the logits path."""
+        args: FusionConfig = self.args
+        return dict(fusion=args.fusion, granularity=args.granularity, include_pivot=args.include_pivot,
+                    kind=args.distill_loss, tail=args.tail, temperature=args.temperature)
+
     def _fused_loss(self, model, inputs, labels, teachers, fusion_mask):
         """The loss from the decoder's hidden states (:mod:`fusion_train.fused_output`); None when the fused
         path cannot run on this model (FSDP, ZeRO-3, no decoder body, a first-batch check that failed)."""
@@ -123,13 +129,8 @@ class FusionTrainer(Trainer):
                 labels=labels,
                 lambda_sft=args.lambda_sft,
                 mask=fusion_mask,
-                fusion=args.fusion,
-                granularity=args.granularity,
-                include_pivot=args.include_pivot,
-                kind=args.distill_loss,
-                tail=args.tail,
-                temperature=args.temperature,
                 chunk_mb=args.fused_output_chunk_mb,
+                **self._fusion_options(),
             )
         fusion_value = fused.fusion if use_fusion else torch.zeros((), device=hidden.device)
         return fused.loss, fused.sft, fusion_value, (fused if use_fusion else None), outputs
@@ -159,18 +160,7 @@ class FusionTrainer(Trainer):
         logits = outputs.logits
         if args.lambda_sft < 1.0:
             # SFT and fusion share one gather of the student's log-probabilities (one dense backward)
-            fused = fusion_loss(
-                logits,
-                teachers,
-                mask=fusion_mask,
-                fusion=args.fusion,
-                granularity=args.granularity,
-                include_pivot=args.include_pivot,
-                kind=args.distill_loss,
-                tail=args.tail,
-                temperature=args.temperature,
-                labels=labels,
-            )
+            fused = fusion_loss(logits, teachers, mask=fusion_mask, labels=labels, **self._fusion_options())
             sft, fusion_value = fused.sft, fused.loss
         else:
             fused = None
