@@ -74,28 +74,39 @@ class Geometry:
         """The geometry of a zarr v3 array sharded along axis 0 with the index at the end, else None."""
         try:
             meta = array.metadata.to_dict()
-            if meta.get("zarr_format") != 3 or meta["chunk_grid"]["name"] != "regular":
-                return None
-            cke = meta["chunk_key_encoding"]
-            if cke["name"] != "default" or cke.get("configuration", {}).get("separator", "/") != "/":
-                return None
-            codecs = meta["codecs"]
-            if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
-                return None
-            conf = codecs[0]["configuration"]
-            if conf.get("index_location", "end") != "end":
-                return None
-            if [c["name"] for c in conf["index_codecs"]] != ["bytes", "crc32c"]:
-                return None
             shape = tuple(int(s) for s in array.shape)
-            shard = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
-            chunk = tuple(int(s) for s in conf["chunk_shape"])
-            if len(shape) < 1 or shard[1:] != shape[1:] or chunk[1:] != shape[1:] or shard[0] % chunk[0]:
+            found = _sharded_along_rows(meta, shape)
+            if found is None:
                 return None
+            conf, shard, chunk = found
             return cls(path=array.path, ndim=len(shape), chunk_rows=chunk[0], shard_rows=shard[0],
                        checksum=conf["codecs"][-1]["name"] == "crc32c")
         except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             return None
+
+
+def _sharded_along_rows(meta: Dict[str, Any], shape: Tuple[int, ...]):
+    """``(sharding configuration, shard shape, chunk shape)`` of zarr v3 array metadata sharded along axis 0 only
+    (regular grid, default '/' keys, one ``sharding_indexed`` codec, index at the end with a crc32c), else None.
+    Raises KeyError / TypeError / ValueError / IndexError on malformed metadata (callers treat it as None)."""
+    if meta.get("zarr_format") != 3 or meta["chunk_grid"]["name"] != "regular":
+        return None
+    cke = meta["chunk_key_encoding"]
+    if cke["name"] != "default" or cke.get("configuration", {}).get("separator", "/") != "/":
+        return None
+    codecs = meta["codecs"]
+    if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+        return None
+    conf = codecs[0]["configuration"]
+    if conf.get("index_location", "end") != "end":
+        return None
+    if [c["name"] for c in conf["index_codecs"]] != ["bytes", "crc32c"]:
+        return None
+    shard = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
+    chunk = tuple(int(s) for s in conf["chunk_shape"])
+    if len(shape) < 1 or shard[1:] != shape[1:] or chunk[1:] != shape[1:] or shard[0] % chunk[0]:
+        return None
+    return conf, shard, chunk
 
 
 def chunk_error(where: str, key: str, c: int, what: str) -> TokalignError:
@@ -133,36 +144,23 @@ class ShardLayout(Geometry):
         except Exception:
             return None
         try:
-            if meta.get("zarr_format") != 3 or meta.get("storage_transformers"):
+            if meta.get("storage_transformers"):
                 return None
-            if meta["chunk_grid"]["name"] != "regular":
+            shape = tuple(int(s) for s in array.shape)
+            found = _sharded_along_rows(meta, shape)
+            if found is None:
                 return None
-            cke = meta["chunk_key_encoding"]
-            if cke["name"] != "default" or cke.get("configuration", {}).get("separator", "/") != "/":
-                return None
-            codecs = meta["codecs"]
-            if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
-                return None
-            conf = codecs[0]["configuration"]
-            if conf.get("index_location", "end") != "end":
-                return None
+            conf, shard, chunk = found
             inner = conf["codecs"]
             index_codecs = conf["index_codecs"]
             names = [c["name"] for c in inner]
             if names not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]):
-                return None
-            if [c["name"] for c in index_codecs] != ["bytes", "crc32c"]:
                 return None
             for c in (inner[0], index_codecs[0]):
                 if (c.get("configuration") or {}).get("endian", "little") != "little":
                     return None
             dtype = np.dtype(array.dtype)
             if dtype.kind not in "biuf" or dtype.byteorder == ">":
-                return None
-            shape = tuple(int(s) for s in array.shape)
-            shard = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
-            chunk = tuple(int(s) for s in conf["chunk_shape"])
-            if len(shape) < 1 or shard[1:] != shape[1:] or chunk[1:] != shape[1:] or shard[0] % chunk[0]:
                 return None
             blosc = inner[1]["configuration"]
             shuffle = blosc.get("shuffle", "shuffle")
