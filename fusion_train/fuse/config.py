@@ -73,6 +73,14 @@ class FusionConfig(TrainingArguments):
     pad_to_multiple_of: Optional[int] = field(
         default=None, metadata={"help": "pad batches to a multiple of this length (e.g. 8 for tensor cores)"}
     )
+    loss_normalization: Literal["global", "micro_batch"] = field(
+        default="global",
+        metadata={
+            "help": "global: each loss part is a token mean over the whole optimizer step (all accumulated "
+            "micro-batches and processes: the same loss however the batch is split); micro_batch: each "
+            "micro-batch's own mean, averaged (FuseChat)"
+        },
+    )
     fused_output_loss: bool = fused_output_loss_field()
     fused_output_chunk_mb: float = fused_output_chunk_mb_field()
     # the batch carries sparse teacher targets the model's forward does not take: never drop them
@@ -102,6 +110,8 @@ class FusionConfig(TrainingArguments):
             )
         if self.fusion_positions not in ("all", "response"):
             raise TokalignError("fusion_positions must be all or response, got %r" % self.fusion_positions)
+        if self.loss_normalization not in ("global", "micro_batch"):
+            raise TokalignError("loss_normalization must be global or micro_batch, got %r" % self.loss_normalization)
         if self.on_missing not in ("error", "skip"):
             raise TokalignError("on_missing must be error or skip, got %r" % self.on_missing)
         if self.max_length is not None and self.max_length < 2:

@@ -269,12 +269,18 @@ def sparse_kl_div(logits, ids, probs, **kwargs) -> torch.Tensor:
 
 
 def sft_loss(
-    logits: Optional[torch.Tensor], labels: torch.Tensor, logq_labels: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    logq_labels: Optional[torch.Tensor] = None,
+    *,
+    normalizer: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Causal-LM cross-entropy, mean over ``labels != -100`` (labels shifted here, as HF does).
 
     Equals the model's own ``outputs.loss``. ``logq_labels [B, L]``: the student's log-probability
     of ``labels[:, t + 1]`` at position ``t`` if already gathered (see :func:`fusion_loss`).
+    ``normalizer``: divide the summed NLL by this instead of this batch's label count (a trainer passes
+    the count of the whole accumulated batch, so that micro-batches and processes add up to one mean).
     """
     target = labels[..., 1:]
     keep = target.ne(-100)
@@ -283,7 +289,8 @@ def sft_loss(
         logq_labels = student_log_probs_at(logits[..., :-1, :], ids).squeeze(-1)
     else:
         logq_labels = logq_labels[..., :-1]
-    return -(logq_labels * keep).sum() / keep.sum().clamp_min(1)
+    den = keep.sum().clamp_min(1) if normalizer is None else normalizer
+    return -(logq_labels * keep).sum() / den
 
 
 @dataclass
@@ -348,6 +355,46 @@ def min_ce_choice(
     return torch.where(chosen_has_slot, choice, torch.zeros_like(choice))
 
 
+def choose_teachers(
+    teachers: Sequence[TeacherTargets], *, fusion: str = "minCE", granularity: str = "sequence",
+    include_pivot: bool = True,
+) -> torch.Tensor:
+    """The teacher index per position ``[B, L]``: :func:`min_ce_choice` (``fusion="minCE"``) or always the
+    pivot's own store (``"pivot"``)."""
+    if fusion == "minCE":
+        return min_ce_choice(teachers, granularity=granularity, include_pivot=include_pivot)
+    if fusion == "pivot":
+        return torch.zeros(teachers[0].ids.shape[:-1], dtype=torch.long, device=teachers[0].ids.device)
+    raise ValueError("fusion must be 'minCE' or 'pivot', got %r" % fusion)
+
+
+def loss_counts(
+    labels: Optional[torch.Tensor],
+    teachers: Optional[Sequence[TeacherTargets]] = None,
+    *,
+    mask: Optional[torch.Tensor] = None,
+    fusion: str = "minCE",
+    granularity: str = "sequence",
+    include_pivot: bool = True,
+    tail: str = "renormalize",
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """``[sft_count, fusion_count]`` (float64): the label tokens the SFT loss averages over and the positions the
+    fusion loss averages over (under ``mask``, with a target of the chosen teacher) — the denominators of
+    :func:`sft_loss` / :func:`fusion_loss` for this batch. A trainer sums them over the micro-batches and processes
+    of one optimizer step and passes the sums back as ``sft_normalizer`` / ``fusion_normalizer``."""
+    sft = labels[..., 1:].ne(-100).sum().double() if labels is not None else torch.zeros((), dtype=torch.float64)
+    if not teachers:
+        return torch.stack([sft, torch.zeros_like(sft)])
+    choice = choose_teachers(teachers, fusion=fusion, granularity=granularity, include_pivot=include_pivot)
+    ids, probs = select_targets(teachers, choice)
+    valid, _, _, _ = target_log_probs(ids, probs, tail=tail, temperature=temperature)
+    weight = valid.any(-1).double()
+    if mask is not None:
+        weight = weight * mask.double()
+    return torch.stack([sft.to(weight.device), weight.sum()])
+
+
 def select_targets(teachers: Sequence[TeacherTargets], choice: torch.Tensor):
     """``(ids, probs)`` ``[B, L, Kmax]`` taking each position's target from teacher ``choice[b, l]``.
 
@@ -394,34 +441,34 @@ def fusion_loss(
     tail: str = "renormalize",
     temperature: float = 1.0,
     labels: Optional[torch.Tensor] = None,
+    sft_normalizer: Optional[torch.Tensor] = None,
+    fusion_normalizer: Optional[torch.Tensor] = None,
 ) -> FusionLossOutput:
     """MinCE fusion loss: pick a teacher per sequence/position (:func:`min_ce_choice`), then the
     sparse CE/KL of the student against that teacher's target, averaged over masked positions
     with a target (FuseChat averages over ``attention_mask``; pass the mask you want).
+    ``sft_normalizer`` / ``fusion_normalizer``: divide the summed SFT NLL / fusion loss by these instead of
+    this batch's own counts (:func:`loss_counts`; a trainer passes those of the whole accumulated batch).
 
     ``fusion="minCE"`` picks the argmin; ``"pivot"`` always uses teacher 0 (plain distillation
     from the pivot's own store, a useful ablation). With ``labels [B, L]`` the SFT loss is computed
     in the same gather (one dense gradient for both) and returned as ``.sft``.
     """
-    if fusion == "minCE":
-        choice = min_ce_choice(teachers, granularity=granularity, include_pivot=include_pivot)
-    elif fusion == "pivot":
-        choice = torch.zeros(teachers[0].ids.shape[:-1], dtype=torch.long, device=teachers[0].ids.device)
-    else:
-        raise ValueError("fusion must be 'minCE' or 'pivot', got %r" % fusion)
+    choice = choose_teachers(teachers, fusion=fusion, granularity=granularity, include_pivot=include_pivot)
     ids, probs = select_targets(teachers, choice)
     sft = None
     if labels is not None:
         next_label = torch.nn.functional.pad(labels[..., 1:], (0, 1), value=-100)
         all_ids = torch.cat([next_label.clamp_min(0).unsqueeze(-1).to(ids.dtype), ids], -1)
         logq_all = student_log_probs_at(logits, all_ids)
-        sft = sft_loss(None, labels, logq_labels=logq_all[..., 0])
+        sft = sft_loss(None, labels, logq_labels=logq_all[..., 0], normalizer=sft_normalizer)
         logq = logq_all[..., 1:]
     else:
         logq = student_log_probs_at(logits, ids)
     per_pos, has_target = _per_position(kind, logq, ids, probs, tail, temperature)
     weight = has_target.float() if mask is None else has_target.float() * mask.float()
-    loss = (per_pos * weight).sum() / weight.sum().clamp_min(1.0)
+    den = weight.sum().clamp_min(1.0) if fusion_normalizer is None else fusion_normalizer
+    loss = (per_pos * weight).sum() / den
     counted = weight > 0
     counts = torch.bincount(choice[counted].reshape(-1), minlength=len(teachers))
     return FusionLossOutput(loss=loss, choice=choice, choice_counts=counts, positions=counted.sum(), sft=sft)

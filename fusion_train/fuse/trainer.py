@@ -6,8 +6,7 @@ DeepSpeed, FSDP, gradient accumulation, checkpointing and resuming — is Traine
 
 How it matches FuseChat's ``DistillTrainer.compute_loss`` (``distill_greater_as_gt``, type "hard"):
 
-- SFT: the causal-LM cross-entropy over ``labels != -100``, mean per micro-batch (FuseChat: the
-  model's own loss). We gather it together with the fusion targets from the logits
+- SFT: the causal-LM cross-entropy over ``labels != -100`` (FuseChat: the model's own loss). We gather it together with the fusion targets from the logits
   (:func:`fusion_train.fuse.losses.student_log_probs_at`), so the backward builds one dense gradient
   and no ``[B, L, V]`` log-softmax is kept.
 - Fusion target: per sequence, the teacher with the lowest ``metric_ce`` (``seq_ce``) among the
@@ -23,8 +22,14 @@ How it matches FuseChat's ``DistillTrainer.compute_loss`` (``distill_greater_as_
   model runs with ``logits_to_keep=1`` and its last-position logits are checked against the output layer
   on the first batch. FSDP, ZeRO-3, models without a separate decoder body / ``logits_to_keep`` and a failed
   check fall back to the logits (one warning).
-- Gradient accumulation: both FuseChat and we return a per-micro-batch mean that Trainer divides
-  by the number of accumulation steps (``loss_is_scaled_for_ga = False``).
+- Normalisation (``loss_normalization``). ``"global"`` (the default): each part is a token mean over the
+  **whole optimizer step** — every micro-batch of the accumulation window and every process
+  (:meth:`FusionTrainer.get_batch_samples` counts the SFT labels and the fusion positions of the step with
+  :func:`~fusion_train.fuse.losses.loss_counts` and all-reduces them), so a step's gradient does not depend on
+  how its batch is split: ``torchrun --nproc_per_node 2`` with half the per-device batch, or gradient
+  accumulation 2 x 4 instead of 8, give the same loss as one batch. ``"micro_batch"``: FuseChat's semantics —
+  each micro-batch's own mean, divided by the accumulation steps and averaged over processes (micro-batches
+  with fewer tokens weigh as much as full ones). Both are the same with one process and no accumulation.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from transformers import Trainer
 
 from .config import FusionConfig
 from .data import FusionCollator
-from .losses import TeacherTargets, combine_losses, fusion_loss, sft_loss
+from .losses import TeacherTargets, combine_losses, fusion_loss, loss_counts, sft_loss
 
 __all__ = ["FusionTrainer"]
 
@@ -60,8 +65,10 @@ class FusionTrainer(Trainer):
     ``topk_mass/<teacher>`` (mean retained top-k probability mass of that teacher's targets).
     """
 
-    # compute_loss returns a per-micro-batch mean; let Trainer divide it by the accumulation steps
-    loss_is_scaled_for_ga = False
+    @property
+    def loss_is_scaled_for_ga(self) -> bool:
+        # "global": normalised by the step's counts already; "micro_batch": Trainer divides by the accumulation steps
+        return self.args.loss_normalization == "global"
 
     def __init__(
         self,
@@ -110,7 +117,37 @@ class FusionTrainer(Trainer):
         return dict(fusion=args.fusion, granularity=args.granularity, include_pivot=args.include_pivot,
                     kind=args.distill_loss, tail=args.tail, temperature=args.temperature)
 
-    def _fused_loss(self, model, inputs, labels, teachers, fusion_mask):
+    def _counts(self, labels, teachers, fusion_mask) -> torch.Tensor:
+        """``[sft_count, fusion_count]`` of one micro-batch (the denominators of its two loss parts)."""
+        args: FusionConfig = self.args
+        use_fusion = args.lambda_sft < 1.0
+        return loss_counts(labels, teachers if use_fusion else None, mask=fusion_mask, fusion=args.fusion,
+                           granularity=args.granularity, include_pivot=args.include_pivot, tail=args.tail,
+                           temperature=args.temperature)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Trainer prefetches one optimizer step's micro-batches here; with ``loss_normalization="global"`` the
+        step's ``[sft_count, fusion_count]`` summed over them and over the processes rides along as
+        ``num_items_in_batch``."""
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.loss_normalization != "global" or not batch_samples:
+            return batch_samples, num_items
+        total = sum(
+            self._counts(b["labels"], [TeacherTargets.from_dict(t) for t in b[TEACHER_KEY]], b[FUSION_MASK_KEY])
+            for b in batch_samples
+        ).to(device)
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.gather(total.unsqueeze(0)).sum(0)
+        return batch_samples, total
+
+    def _normalizers(self, num_items_in_batch) -> Dict[str, Any]:
+        """The step's counts per process (DDP averages the processes' gradients), as the losses' denominators."""
+        if num_items_in_batch is None or self.args.loss_normalization != "global":
+            return {}  # evaluation, or micro-batch means
+        per_process = num_items_in_batch.clamp_min(1.0) / self.accelerator.num_processes
+        return {"sft_normalizer": per_process[0], "fusion_normalizer": per_process[1]}
+
+    def _fused_loss(self, model, inputs, labels, teachers, fusion_mask, normalizers):
         """The loss from the decoder's hidden states (:mod:`fusion_train.fused_output`); None when the fused
         path cannot run on this model (FSDP, ZeRO-3, no decoder body, a first-batch check that failed)."""
         from fusion_train.fused_output import fused_fusion_loss
@@ -131,6 +168,7 @@ class FusionTrainer(Trainer):
                 mask=fusion_mask,
                 chunk_mb=args.fused_output_chunk_mb,
                 **self._fusion_options(),
+                **normalizers,
             )
         fusion_value = fused.fusion if use_fusion else torch.zeros((), device=hidden.device)
         return fused.loss, fused.sft, fusion_value, (fused if use_fusion else None), outputs
@@ -141,11 +179,11 @@ class FusionTrainer(Trainer):
         teachers = [TeacherTargets.from_dict(t) for t in inputs.pop(TEACHER_KEY)]
         fusion_mask = inputs.pop(FUSION_MASK_KEY)
         labels = inputs.pop("labels")
-        result = self._fused_loss(model, inputs, labels, teachers, fusion_mask) if args.fused_output_loss else None
-        if result is not None:
-            loss, sft, fusion_value, fused, outputs = result
-        else:
-            loss, sft, fusion_value, fused, outputs = self._logits_loss(model, inputs, labels, teachers, fusion_mask)
+        norms = self._normalizers(num_items_in_batch)
+        result = self._fused_loss(model, inputs, labels, teachers, fusion_mask, norms) if args.fused_output_loss else None
+        if result is None:
+            result = self._logits_loss(model, inputs, labels, teachers, fusion_mask, norms)
+        loss, sft, fusion_value, fused, outputs = result
         if model.training:
             self._record(sft, fusion_value, fused, teachers, fusion_mask)
         if return_outputs:
@@ -153,18 +191,19 @@ class FusionTrainer(Trainer):
             return loss, outputs
         return loss
 
-    def _logits_loss(self, model, inputs, labels, teachers, fusion_mask):
+    def _logits_loss(self, model, inputs, labels, teachers, fusion_mask, normalizers):
         """The loss from the model's ``[B, L, V]`` logits (``fused_output_loss=False``)."""
         args: FusionConfig = self.args
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits
         if args.lambda_sft < 1.0:
             # SFT and fusion share one gather of the student's log-probabilities (one dense backward)
-            fused = fusion_loss(logits, teachers, mask=fusion_mask, labels=labels, **self._fusion_options())
+            fused = fusion_loss(logits, teachers, mask=fusion_mask, labels=labels, **self._fusion_options(),
+                                **normalizers)
             sft, fusion_value = fused.sft, fused.loss
         else:
             fused = None
-            sft = sft_loss(logits, labels)
+            sft = sft_loss(logits, labels, normalizer=normalizers.get("sft_normalizer"))
             fusion_value = torch.zeros((), device=logits.device)
         return combine_losses(sft, fusion_value, args.lambda_sft), sft, fusion_value, fused, outputs
 
@@ -186,6 +225,10 @@ class FusionTrainer(Trainer):
         mass = torch.stack([(t.mass.float() * weight).sum() for t in teachers])
         counts = fused.choice_counts.float() if fused is not None else torch.zeros(n, device=sft.device)
         positions = weight.sum()
+        # the logged parts average like Trainer's logged loss: per optimizer step ("global": a step's micro-batch
+        # parts add up to its mean) or per micro-batch ("micro_batch": each part is its micro-batch's mean)
+        steps = getattr(self, "current_gradient_accumulation_steps", 1)  # set by Trainer's loop per optimizer step
+        unit = 1.0 / max(steps, 1) if self.loss_is_scaled_for_ga else 1.0
         if self._fm_steps == 0:
             self._fm_sft = sft.detach().float()
             self._fm_fusion = fusion_value.detach().float()
@@ -196,7 +239,7 @@ class FusionTrainer(Trainer):
             self._fm_counts = self._fm_counts + counts
             self._fm_positions = self._fm_positions + positions
             self._fm_mass = self._fm_mass + mass
-        self._fm_steps += 1
+        self._fm_steps += unit
 
     def _fusion_logs(self) -> Dict[str, float]:
         packed = torch.cat(

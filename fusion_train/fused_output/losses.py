@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fusion_train.fuse.losses import (
     TeacherTargets,
     _per_position,
-    min_ce_choice,
+    choose_teachers,
     select_targets,
     target_log_probs,
 )
@@ -65,12 +65,15 @@ def fused_fusion_loss(
     temperature: float = 1.0,
     chunk_mb: float = DEFAULT_CHUNK_MB,
     chunk_rows: Optional[int] = None,
+    sft_normalizer: Optional[torch.Tensor] = None,
+    fusion_normalizer: Optional[torch.Tensor] = None,
 ) -> FusedFusionOutput:
     """``lambda_sft * SFT + (1 - lambda_sft) * fusion`` from ``hidden [B, L, H]`` (:class:`FusionTrainer`'s loss).
 
     Equals :func:`fusion_train.fuse.losses.combine_losses` of ``sft_loss`` and ``fusion_loss(...).loss`` on
     ``head.logits(hidden)``. Without ``teachers`` (or ``lambda_sft == 1``) the loss is the SFT loss alone;
-    without ``labels`` it is the fusion loss alone.
+    without ``labels`` it is the fusion loss alone. ``sft_normalizer`` / ``fusion_normalizer`` as in
+    :func:`~fusion_train.fuse.losses.fusion_loss`.
     """
     if teachers is not None and len(teachers) == 0:
         raise ValueError("fused_fusion_loss needs at least one teacher (or teachers=None)")
@@ -87,21 +90,16 @@ def fused_fusion_loss(
         next_label = _next_labels(labels)
         keep = next_label.ne(-100)
         sel |= keep
-        sft_den = keep.sum().clamp_min(1).float()
+        sft_den = keep.sum().clamp_min(1).float() if sft_normalizer is None else torch.as_tensor(sft_normalizer).float()
     if use_fusion:
-        if fusion == "minCE":
-            choice = min_ce_choice(teachers, granularity=granularity, include_pivot=include_pivot)
-        elif fusion == "pivot":
-            choice = torch.zeros(teachers[0].ids.shape[:-1], dtype=torch.long, device=teachers[0].ids.device)
-        else:
-            raise ValueError("fusion must be 'minCE' or 'pivot', got %r" % fusion)
+        choice = choose_teachers(teachers, fusion=fusion, granularity=granularity, include_pivot=include_pivot)
         ids, probs = select_targets(teachers, choice)
         valid, _, _, _ = target_log_probs(ids, probs, tail=tail, temperature=temperature)  # checks tail / T
         weight = valid.any(-1).float()
         if mask is not None:
             weight = weight * mask.float()
         sel |= weight > 0
-        fus_den = weight.sum().clamp_min(1.0)
+        fus_den = weight.sum().clamp_min(1.0) if fusion_normalizer is None else torch.as_tensor(fusion_normalizer).float()
         counted = weight > 0
         counts = torch.bincount(choice[counted].reshape(-1), minlength=len(teachers))
         positions = counted.sum()
