@@ -267,3 +267,33 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert (tmp_path / "results" / "fusion_quality-quick.png").stat().st_size > 10_000
     assert "| fused, MS map |" in (tmp_path / "results" / "fusion_quality-quick.md").read_text()
     assert res["verdict"]["claimed"] == ["ms", "mined", "em"]
+
+
+def _run_json(name, per_seed):
+    return {"config": {"name": name},
+            "targets": {v: {"seeds": list(range(len(x))), "ce": list(x)} for v, x in per_seed.items()}}
+
+
+def test_compare_runs_orders_resolves_and_finds_contradictions(tmp_path, capsys):
+    from benchmarks.fusion_quality.compare import compare_runs, kendall_tau, main
+
+    assert kendall_tau(["a", "b", "c"], ["a", "b", "c"]) == 1.0
+    assert kendall_tau(["a", "b", "c"], ["c", "b", "a"]) == -1.0
+    assert kendall_tau(["a", "b", "c"], ["b", "a", "c"]) == pytest.approx(1 / 3)
+    noise = [0.0, 0.001, -0.001]
+    top = _run_json("top", {"sft": [0.70 + e for e in noise], "ms": [0.69 + e for e in noise],
+                            "em": [0.70 + e + d for e, d in zip(noise, (0.0004, -0.0004, 0.0001))]})
+    full = _run_json("full", {"sft": [0.60 + e for e in noise], "ms": [0.61 + e for e in noise],
+                              "em": [0.60 + e for e in noise]})
+    c = compare_runs(top, full)
+    assert c["order"][0][0] == "ms" and c["order"][1][-1] == "ms"
+    assert c["vs_sft"][0]["ms"]["sign"] == -1 and c["vs_sft"][1]["ms"]["sign"] == 1  # paired: noise cancels
+    assert c["vs_sft"][0]["em"]["sign"] == 0  # within its noise
+    assert ("sft", "ms") in c["contradictions"] and c["resolved_in_both_agree"] < c["resolved_in_both"]
+    same = compare_runs(top, top)
+    assert same["kendall_tau"] == 1.0 and not same["contradictions"]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(top))
+    b.write_text(json.dumps({"no": "targets"}))
+    assert main([str(a), str(b)]) == 2
+    assert "not a fusion_quality results JSON" in capsys.readouterr().err

@@ -26,7 +26,9 @@ EPILOG = """examples:
   python benchmarks/fusion_quality --config gpu --device cuda --json   # the same, run as a folder
 
 outputs: benchmarks/results/fusion_quality[-<config>].{json,md,png}; cache: benchmarks/.cache/fusion_quality/
-real-model configurations (real, real-reduced, real-gpu): variants sft, em, mined, ms, best@low, self
+real-model configurations (real, real-reduced, real-reduced-full, real-gpu): variants sft, em, mined, ms, best@low,
+self; real-reduced-full trains every parameter (real-reduced: the top 2 layers), and
+python -m benchmarks.fusion_quality.compare A.json B.json says whether two runs order the variants alike
 (delete it to recompute everything; changed options recompute only the stages they affect).
 """
 

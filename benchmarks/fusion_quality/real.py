@@ -84,6 +84,11 @@ def real_presets() -> Dict[str, RealConfig]:
                                seeds=5, device="cuda", threads=8),
         "real-reduced": RealConfig(name="real-reduced", seq_len=96, n_fusion=24, n_eval=12, n_stats=800,
                                    fusion_train=TrainSpec(steps=6, batch=4, lr=2e-4, warmup=0.1)),
+        # the same data, stores and maps with every parameter trained (lr 4x lower for 19x more parameters): does
+        # training only the top layers order the variants as full fine-tuning does? (python -m
+        # benchmarks.fusion_quality.compare results/fusion_quality-real-reduced{,-full}.json)
+        "real-reduced-full": RealConfig(name="real-reduced-full", seq_len=96, n_fusion=24, n_eval=12, n_stats=800,
+                                        train_layers=0, fusion_train=TrainSpec(steps=6, batch=4, lr=5e-5, warmup=0.1)),
     }
 
 
