@@ -144,3 +144,29 @@ def test_ranks_take_disjoint_slices(models, tmp_path):
         seen += [r["prompt_id"] for r in _rows(report["out"])]
         assert report["out"].endswith("r.rank%d-of-2.jsonl" % rank)
     assert sorted(seen) == ["p0", "p1", "p2"]
+
+
+def _pickled_copy(model_dir: Path, dest: Path) -> Path:
+    """The model folder with its safetensors weights re-saved as a pickled pytorch_model.bin."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(model_dir, dest)
+    for f in dest.glob("*.safetensors"):
+        torch.save(load_file(str(f)), dest / "pytorch_model.bin")
+        f.unlink()
+    return dest
+
+
+def test_pickled_weights_need_allow_pickle(models, tmp_path):
+    """Same policy as dump-logits and the trainers: a folder with only pytorch_model.bin is refused, naming
+    --allow-pickle; with it, the model samples as its safetensors twin does."""
+    pickled = _pickled_copy(Path(models[0]), tmp_path / Path(models[0]).name)
+    prompts = write_prompts(tmp_path / "p.jsonl", 2, "math")
+    with pytest.raises(TokalignError, match="--allow-pickle"):
+        sample(_options([pickled], prompts, tmp_path / "refused.jsonl", temperature=0.0))
+    sample(_options([pickled], prompts, tmp_path / "pickled.jsonl", temperature=0.0, allow_pickle=True))
+    sample(_options([models[0]], prompts, tmp_path / "safe.jsonl", temperature=0.0))
+    assert [r["text"] for r in _rows(tmp_path / "pickled.jsonl")] == [r["text"] for r in _rows(tmp_path / "safe.jsonl")]

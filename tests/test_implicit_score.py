@@ -128,3 +128,15 @@ def test_cli_chain_and_errors(rm, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_pickled_reward_model_needs_allow_pickle(rm, tmp_path):
+    from test_implicit_sample import _pickled_copy
+
+    pickled = _pickled_copy(Path(rm), tmp_path / "rm")
+    with pytest.raises(TokalignError, match="--allow-pickle"):
+        load_reward_model(pickled, dtype="fp32", device="cpu")
+    items = [([{"role": "user", "content": "Say hi"}], t) for t in ("hi", "hello there")]
+    got = reward_scores(*load_reward_model(pickled, dtype="fp32", device="cpu", allow_pickle=True), items)["scores"]
+    want = reward_scores(*load_reward_model(rm, dtype="fp32", device="cpu"), items)["scores"]
+    assert got == pytest.approx(want, abs=1e-6)

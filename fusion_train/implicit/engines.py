@@ -115,19 +115,20 @@ def render_prompt(tokenizer, messages: Sequence[Dict[str, str]], template: Optio
 
 class TransformersEngine:
     """Batched ``model.generate`` with left padding; the model loads through ``tokalign.models.load_causal_lm``
-    (safetensors only)."""
+    (safetensors only unless ``allow_pickle``)."""
 
     name = "transformers"
 
     def __init__(self, spec: ModelSpec, *, dtype: str = "auto", device: str = "auto",
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
         from tokalign.models import load_causal_lm
 
         self.spec = spec
         self.tokenizer = load_tokenizer(spec.path, trust_remote_code)
         self.tokenizer.padding_side = "left"
         self.template = _template_text(spec)
-        self.model, _ = load_causal_lm(spec.path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        self.model, _ = load_causal_lm(spec.path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                       allow_pickle=allow_pickle)
         self.stops = stop_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         if not self.stops:
             raise TokalignError("model %s: no end-of-sequence token in its tokenizer or generation config"
@@ -194,7 +195,7 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, spec: ModelSpec, *, dtype: str = "auto", device: str = "auto",
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
         try:
             import vllm
         except ImportError:
@@ -207,8 +208,9 @@ class VllmEngine:
         self.tokenizer = load_tokenizer(spec.path, trust_remote_code)
         self.template = _template_text(spec)
         vdtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
+        # "auto" lets vLLM fall back to pickled *.bin / *.pt weights: only when the user opted in
         self.llm = vllm.LLM(model=spec.path, dtype=vdtype, trust_remote_code=trust_remote_code,
-                            load_format="safetensors")
+                            load_format="auto" if allow_pickle else "safetensors")
         self._vllm = vllm
         self.stops = stop_ids(self.tokenizer)
 
@@ -240,7 +242,8 @@ class LlamaCppEngine:
     name = "llama.cpp"
 
     def __init__(self, spec: ModelSpec, *, dtype: str = "auto", device: str = "auto",
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+        # GGUF files hold no pickles: allow_pickle changes nothing here
         try:
             import llama_cpp
         except ImportError:

@@ -61,6 +61,7 @@ class SampleOptions:
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    allow_pickle: bool = False      # load model folders whose only weights are pickled (*.bin): trusted files only
     overwrite: bool = False
     rank: Optional[int] = None
     world_size: Optional[int] = None
@@ -202,7 +203,7 @@ def sample(options: SampleOptions) -> Dict[str, Any]:
             if not todo:
                 continue
             engine = open_engine(options.engine, spec, dtype=options.dtype, device=options.device,
-                                 trust_remote_code=options.trust_remote_code)
+                                 trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle)
             try:
                 for index, batch in todo:
                     batch_seed = stable_seed(options.seed, spec.name, index)

@@ -50,6 +50,7 @@ class ScoreOptions:
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    allow_pickle: bool = False      # a reward model whose only weights are pickled (*.bin): trusted files only
     code_timeout: float = 10.0
     code_memory_mb: int = 1024
     code_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
@@ -63,8 +64,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def load_reward_model(path: Union[str, Path], *, dtype: str = "auto", device: str = "auto",
-                      trust_remote_code: bool = False):
-    """``(model, tokenizer)`` of a reward model: safetensors only, custom code only when asked, and refused
+                      trust_remote_code: bool = False, allow_pickle: bool = False):
+    """``(model, tokenizer)`` of a reward model: safetensors only (pickled ``*.bin`` weights only with
+    ``allow_pickle``: unpickling runs code from the file), custom code only when asked, and refused
     unless its checkpoint holds a one-label sequence-classification head (a causal LM or a classifier with
     several labels would otherwise load with a freshly initialised, meaningless head)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -74,8 +76,10 @@ def load_reward_model(path: Union[str, Path], *, dtype: str = "auto", device: st
     p = Path(path)
     if not p.is_dir():
         raise TokalignError("--reward-model %s: not a model folder" % path)
-    if not any(p.glob("*.safetensors")):
-        raise TokalignError("--reward-model %s: no *.safetensors weights (pickled checkpoints are not loaded)" % path)
+    safetensors = any(p.glob("*.safetensors"))
+    if not safetensors and not allow_pickle:
+        raise TokalignError("--reward-model %s: no *.safetensors weights (pickled checkpoints are loaded only with "
+                            "--allow-pickle, for files you trust)" % path)
     if not trust_remote_code:
         refuse_remote_code(p, path)
     try:
@@ -91,7 +95,8 @@ def load_reward_model(path: Union[str, Path], *, dtype: str = "auto", device: st
                             % (path, config.num_labels))
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(p), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch_dtype(dtype),
+            str(p), use_safetensors=True if safetensors else None, trust_remote_code=trust_remote_code,
+            dtype=torch_dtype(dtype),
             output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001
@@ -210,7 +215,8 @@ def score(options: ScoreOptions) -> Dict[str, Any]:
     rewards: Dict[tuple, float] = {}
     if options.reward_model is not None:
         model, tokenizer = load_reward_model(options.reward_model, dtype=options.dtype, device=options.device,
-                                             trust_remote_code=options.trust_remote_code)
+                                             trust_remote_code=options.trust_remote_code,
+                                             allow_pickle=options.allow_pickle)
         template = options.reward_template
         if template and Path(template).is_file():
             template = Path(template).read_text(encoding="utf-8")

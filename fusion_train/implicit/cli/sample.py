@@ -51,6 +51,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--dtype", default="auto", help="auto, bf16, fp16, fp32")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     r.add_argument("--trust-remote-code", action="store_true", help="run models' own code (off by default)")
+    r.add_argument("--allow-pickle", action="store_true",
+                   help="load model folders with only pickled weights (pytorch_model.bin): runs code from the "
+                        "file, so for checkpoints you trust only (default: safetensors only)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
         sampling_defaults=args.sampling_defaults, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         repetition_penalty=args.repetition_penalty, engine=args.engine, dtype=args.dtype, device=args.device,
-        trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=not args.no_progress))
+        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, overwrite=args.overwrite, progress=not args.no_progress))
     if args.json:
         print_json(report)
     else:

@@ -37,6 +37,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     rm.add_argument("--dtype", default="auto", help="auto, bf16, fp16, fp32")
     rm.add_argument("--device", default="auto")
     rm.add_argument("--trust-remote-code", action="store_true", help="run the reward model's own code")
+    rm.add_argument("--allow-pickle", action="store_true",
+                    help="load a reward model with only pickled weights (pytorch_model.bin): runs code from the "
+                         "file, so for checkpoints you trust only (default: safetensors only)")
     v = p.add_argument_group("verifiers")
     v.add_argument("--verify", nargs="+", choices=VERIFIERS, default=[], help="math and/or code")
     v.add_argument("--code-timeout", type=float, default=10.0, help="wall-clock seconds per code run")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     options = ScoreOptions(
         inputs=args.inputs, out=args.out, reward_model=args.reward_model, verify=args.verify,
         batch_size=args.batch_size, max_length=args.max_length, reward_template=args.reward_template,
-        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
         code_timeout=args.code_timeout, code_memory_mb=args.code_memory_mb, code_blocks=args.code_blocks,
         progress=not args.no_progress)
     if args.code_workers is not None:
