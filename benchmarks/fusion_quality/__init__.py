@@ -25,13 +25,15 @@ interrupted run resumes and a changed option recomputes only what it affects.
   python -m benchmarks.fusion_quality --config gpu --device cuda --seeds 5
   python benchmarks/fusion_quality --source qwen2 --variants sft,em,mined,ms,self --json   # as a folder
 
-The real-model configuration (the CLI default since issue 16; ``real``, ``real-reduced``, ``real-gpu``) fuses
+The real-model configuration (the CLI default since issue 16; ``real``, ``real-reduced``, ``real-reduced-full``,
+``real-gpu``) fuses
 Gemma-3-270M into SmolLM2-135M-Instruct, both pretrained and fetched as GGUF files from PyPI, and reports
 held-out bits per byte of chat responses: ``real`` (the data, dumps, maps and training) and ``real_run`` (the
-stages in order, the report). The tiny from-scratch configurations stay as ``--quick`` / ``--config default``.
+stages in order, the report). ``compare`` says whether two runs order the variants alike (top layers vs full
+fine-tuning). The tiny from-scratch configurations stay as ``--quick`` / ``--config default``.
 
 Modules, one per stage: config (presets, cache hashing), context (run context and stage cache), data,
-models, pipeline, evaluate, report, run (the stages in order), cli; real, real_run.
+models, pipeline, evaluate, report, run (the stages in order), cli; real, real_run, compare.
 """
 from .cli import build_parser, config_from_args, main
 from .config import (CACHE_VERSION, CORPORA, DEFAULT_VARIANTS, KIND_LABELS, MAP_METHODS, PIVOT, SOURCE_FED_KINDS, SOURCES,
