@@ -67,6 +67,8 @@ class ImplicitConfig:
     # held-out bits/byte on chat text: the explicit benchmark's held-out split (first n texts)
     n_chat: int = 32
     chat_seq_len: int = 160
+    # arm 6: the best-map targets of this explicit real-model configuration (python -m benchmarks.fusion_quality)
+    explicit_config: str = "real"
     dtype: str = "fp32"
     # run-time only (not part of any cache key)
     device: str = "cpu"
@@ -89,11 +91,12 @@ def presets() -> Dict[str, ImplicitConfig]:
         "gpu": ImplicitConfig(name="gpu", n_train=2000, n_heldout=500, n_gsm8k_train=200, n_gsm8k_heldout=200,
                               n_samples=8, max_new_tokens=128, n_target_samples=8, train_layers=0,
                               sft=TrainSpec(steps=300, batch=32, lr=2e-5), pref=TrainSpec(steps=300, batch=32, lr=1e-6),
-                              max_length=384, seeds=5, n_chat=400, device="cuda", threads=8),
+                              max_length=384, seeds=5, n_chat=400, explicit_config="real-gpu", device="cuda",
+                              threads=8),
         "reduced": ImplicitConfig(name="reduced", n_train=30, n_heldout=24, n_gsm8k_train=2, n_gsm8k_heldout=2,
                                   n_samples=3, max_new_tokens=32, n_target_samples=3,
                                   sft=TrainSpec(steps=6, batch=4, lr=1e-4), pref=TrainSpec(steps=6, batch=4, lr=2e-5),
-                                  n_chat=8, chat_seq_len=128),
+                                  n_chat=8, chat_seq_len=128, explicit_config="real-reduced"),
         "quick": ImplicitConfig(name="quick", levels=(1,), n_train=8, n_heldout=6, n_gsm8k_train=1,
                                 n_gsm8k_heldout=1, n_samples=2, max_new_tokens=12, n_target_samples=2,
                                 sft=TrainSpec(steps=1, batch=2, lr=1e-4), pref=TrainSpec(steps=1, batch=2, lr=1e-5),

@@ -92,15 +92,16 @@ def chat_bpb(folder: Path, chat: Sequence[Mapping[str, Any]], make_model=None) -
     return {"bpb": r["bpb"], "ce": r["ce"], "chat_bytes": r["bytes"]}
 
 
-def find_explicit(repo: Path) -> Dict[str, Any]:
-    """The explicit real-model benchmark's best-map targets, if it has produced any: ``{"available": bool,
-    "reason" | "map", "config", "folders": {seed: path}, "trained_tokens"}``."""
-    results = sorted((repo / "benchmarks" / "results").glob("fusion_quality-real*.json"),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    if not results:
+def find_explicit(repo: Path, config: str = "real") -> Dict[str, Any]:
+    """The best-map targets of the explicit real-model benchmark's configuration ``config`` (``real``,
+    ``real-reduced``, ``real-gpu``, ...), if it has produced them: ``{"available": bool, "reason" | "map",
+    "config", "folders": {seed: path}, "trained_tokens"}``. Named, not the newest results file: which explicit run
+    an implicit report compares with must not depend on what ran last."""
+    results = [repo / "benchmarks" / "results" / ("fusion_quality-%s.json" % config)]
+    if not results[0].is_file():
         return {"available": False, "reason": "the explicit real-model benchmark (python -m "
-                "benchmarks.fusion_quality --config real) has written no results file (benchmarks/results/"
-                "fusion_quality-real*.json) on this machine"}
+                "benchmarks.fusion_quality --config %s) has written no %s on this machine"
+                % (config, results[0].relative_to(repo))}
     res = json.loads(results[0].read_text())
     targets = res.get("targets", {})
     maps = [m for m in ("em", "mined", "ms") if m in targets]

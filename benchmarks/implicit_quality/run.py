@@ -157,7 +157,7 @@ def run_benchmark(cfg: ImplicitConfig, cache_dir: Path, log: Callable[[str], Non
                     "n_chat": cfg.n_chat, "chat_seq_len": cfg.chat_seq_len, "max_new_tokens": cfg.max_new_tokens}
         untouched = evaluate(bench, "untouched", base_key, lambda: bench.model_dirs["target"],
                              shared["task"] / "heldout.jsonl", shared["chat"])
-        explicit = find_explicit(REPO) if "explicit" in cfg.arms else {"available": False, "reason": "not asked"}
+        explicit = find_explicit(REPO, cfg.explicit_config) if "explicit" in cfg.arms else {"available": False, "reason": "not asked"}
         if explicit["available"]:
             explicit["results"] = {}
             for s, folder in sorted(explicit["folders"].items()):
