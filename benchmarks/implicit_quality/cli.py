@@ -12,7 +12,7 @@ from .config import ARMS, presets
 
 REPO = Path(__file__).resolve().parents[2]
 EPILOG = """examples:
-  python -m benchmarks.implicit_quality                       # default: <= 90 min on 2 idle cores (estimated)
+  python -m benchmarks.implicit_quality                       # default: 65 min on 2 CPU cores (measured)
   python -m benchmarks.implicit_quality --config reduced --jobs 3   # what fits a loaded shared machine
   python -m benchmarks.implicit_quality --config gpu --device cuda  # full fine-tuning, more data / steps / seeds
   python -m benchmarks.implicit_quality --quick               # smoke run (minutes; numbers mean nothing)

@@ -82,9 +82,9 @@ class ImplicitConfig:
 
 
 def presets() -> Dict[str, ImplicitConfig]:
-    """``default``: sized for <= 90 min on 2 idle CPU cores (an estimate scaled from the ``reduced`` run's stage
-    times, not measured: that run took 41 min on the loaded shared machine, where Gemma sampled at ~5 tokens/s);
-    ``gpu``: full fine-tuning, more data, steps and seeds; ``reduced``: what was run here (RESULTS.md);
+    """``default``: <= 90 min on 2 CPU cores (measured: 64.6 min from an empty cache, most of it beside other
+    benchmarks; RESULTS.md); ``gpu``: full fine-tuning, more data, steps and seeds; ``reduced``: a smaller run
+    that fitted a loaded shared machine (41 min there; RESULTS.md);
     ``quick``: smoke run (minutes; the numbers mean nothing)."""
     return {
         "default": ImplicitConfig(),
