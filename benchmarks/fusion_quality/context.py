@@ -2,61 +2,32 @@
 timing log."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict
 
+from benchmarks._stages import StageCache
+
 from .config import CORPORA, BenchConfig, config_hash, json_default
 
 
-class Bench:
-    """One benchmark run: configuration, cache folder, tokenizers, timing log."""
+class Bench(StageCache):
+    """One benchmark run: configuration, cache folder (:class:`~benchmarks._stages.StageCache`: ``stage``,
+    ``cached``), tokenizers, timing log."""
+
+    log_prefix = "fusion-quality"
+    key_hash = staticmethod(config_hash)
+    json_default = staticmethod(json_default)
 
     def __init__(self, cfg: BenchConfig, cache_dir: Path, log: Callable[[str], None] = print) -> None:
         self.cfg = cfg
-        self.cache = Path(cache_dir)
-        self.cache.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self.timings: Dict[str, float] = {}
+        self._init_cache(cache_dir, log)
         self.tok_dir = _shared_tokenizers()
         self.corpora = _shared_corpora()
         import tokalign
 
         self.pivot_tok = tokalign.load_tokenizer(str(self.tok_dir / cfg.pivot))
         self.source_tok = tokalign.load_tokenizer(str(self.tok_dir / cfg.source))
-
-    # -- caching ----------------------------------------------------------------------------------
-    @contextmanager
-    def stage(self, label: str):
-        t0 = time.perf_counter()
-        self.log("[fusion-quality] %s ..." % label)
-        yield
-        dt = time.perf_counter() - t0
-        self.timings[label] = self.timings.get(label, 0.0) + dt
-        self.log("[fusion-quality] %s done in %.1fs" % (label, dt))
-
-    def cached(self, kind: str, key: Any, build: Callable[[Path], None]) -> Path:
-        """``cache/<kind>-<hash(key)>``: built once into a temporary folder then renamed (atomic; an
-        interrupted build leaves only a ``.tmp`` folder that the next run deletes)."""
-        path = self.cache / ("%s-%s" % (kind, config_hash(key)))
-        if (path / ".done").exists():
-            return path
-        tmp = path.with_name(path.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.mkdir(parents=True)
-        (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=json_default) + "\n")
-        build(tmp)
-        (tmp / ".done").write_text("ok\n")
-        os.replace(tmp, path)
-        return path
 
     # -- keys -------------------------------------------------------------------------------------
     def data_key(self) -> Dict[str, Any]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from .config import MAP_METHODS, TrainSpec, json_default
+from .config import TrainSpec, json_default
 from .context import Bench, _file_sig, _shared_corpora
 from .data import split_of
 
@@ -105,10 +104,7 @@ class RealBench(Bench):
         from tokalign.models.cache import converted_dir, lookup_model_alias
 
         self.cfg = cfg
-        self.cache = Path(cache_dir)
-        self.cache.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self.timings: Dict[str, float] = {}
+        self._init_cache(cache_dir, log)
         self.corpora = _shared_corpora()
         self.model_dirs = {"pivot": converted_dir(cfg.pivot), "source": converted_dir(cfg.source)}
         self.pivot_tok = load_tokenizer(cfg.pivot)

@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
+from benchmarks._stages import save_figure, write_reports
+
 from .config import KIND_LABELS, MAP_METHODS
 from .data import read_texts
 from .evaluate import diagnose_remapped, ordering_verdict, summarize_targets
@@ -263,24 +265,11 @@ def plot_real(results: Mapping[str, Any], path: Path) -> None:
     fig.suptitle("tokalign fusion quality (%s): %s <- %s, %d seeds" % (cfg["name"], cfg["pivot"], cfg["source"],
                                                                        cfg["seeds"]))
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def write_real_outputs(results: Mapping[str, Any], results_dir: Path, plot: bool = True) -> Dict[str, str]:
     from .config import json_default
 
-    results_dir.mkdir(parents=True, exist_ok=True)
-    stem = "fusion_quality-%s" % results["config"]["name"]
-    paths = {"json": results_dir / (stem + ".json"), "md": results_dir / (stem + ".md")}
-    for kind, text in (("json", json.dumps(results, indent=2, default=json_default) + "\n"),
-                       ("md", format_real_markdown(results) + "\n")):
-        tmp = paths[kind].with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, paths[kind])
-    if plot:
-        paths["png"] = results_dir / (stem + ".png")
-        plot_real(results, paths["png"])
-    return {k: str(v) for k, v in paths.items()}
+    return write_reports(results, results_dir, "fusion_quality-%s" % results["config"]["name"], format_real_markdown,
+                         json_default, plot_real if plot else None)

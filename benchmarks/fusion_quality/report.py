@@ -1,13 +1,13 @@
 """5. outputs: the markdown report with a plain-language reading, the PNG figure and the JSON file."""
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
 import numpy as np
+
+from benchmarks._stages import save_figure, write_reports
 
 from .config import KIND_LABELS, MAP_METHODS, json_default
 
@@ -165,22 +165,9 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
     fig.suptitle("tokalign fusion quality (%s): pivot %s, source %s, λ=%g, %d seeds"
                  % (cfg["name"], cfg["pivot"], cfg["source"], cfg["lambda_sft"], cfg["seeds"]))
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def write_outputs(results: Mapping[str, Any], results_dir: Path, stem: str, plot: bool = True) -> Dict[str, str]:
     """JSON, markdown and (optionally) PNG next to each other; each written to a temporary file then renamed."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": results_dir / (stem + ".json"), "md": results_dir / (stem + ".md")}
-    for kind, text in (("json", json.dumps(results, indent=2, default=json_default) + "\n"),
-                       ("md", format_markdown(results) + "\n")):
-        tmp = paths[kind].with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, paths[kind])
-    if plot:
-        paths["png"] = results_dir / (stem + ".png")
-        plot_results(results, paths["png"])
-    return {k: str(v) for k, v in paths.items()}
+    return write_reports(results, results_dir, stem, format_markdown, json_default, plot_results if plot else None)

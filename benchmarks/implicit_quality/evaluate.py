@@ -4,12 +4,11 @@ held-out split, its ``response_bits``: prompt + blank line + response, bits per 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Sequence
 
-from .pipeline import Bench, read_jsonl, sample_into, threads, write_jsonl
+from .pipeline import Bench, read_jsonl, sample_into, threads
 
 EVAL_BATCH = 64
 

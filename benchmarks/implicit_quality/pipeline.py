@@ -11,73 +11,34 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
-import time
-from contextlib import contextmanager, redirect_stdout
-from dataclasses import asdict
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from benchmarks._stages import StageCache
 
 from .config import ImplicitConfig, config_hash, json_default
 from . import task as T
 
 
-class Bench:
-    """One run: configuration, cache folder, model folders, timing log."""
+class Bench(StageCache):
+    """One run: configuration, cache folder (:class:`~benchmarks._stages.StageCache`: ``stage``, ``cached``,
+    ``resumable``), model folders, timing log."""
+
+    log_prefix = "implicit-quality"
+    key_hash = staticmethod(config_hash)
+    json_default = staticmethod(json_default)
 
     def __init__(self, cfg: ImplicitConfig, cache_dir: Path, log: Callable[[str], None] = print) -> None:
         from tokalign.models.cache import converted_dir, lookup_model_alias
         from tokalign.paths import shared_corpora
 
         self.cfg = cfg
-        self.cache = Path(cache_dir)
-        self.cache.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self.timings: Dict[str, float] = {}
+        self._init_cache(cache_dir, log)
         self.corpora = shared_corpora()
         self.model_dirs = {"target": converted_dir(cfg.target), "source": converted_dir(cfg.source)}
         self.sha = {"target": lookup_model_alias(cfg.target).sha256, "source": lookup_model_alias(cfg.source).sha256}
-
-    @contextmanager
-    def stage(self, label: str):
-        t0 = time.perf_counter()
-        self.log("[implicit-quality] %s ..." % label)
-        yield
-        dt = time.perf_counter() - t0
-        self.timings[label] = self.timings.get(label, 0.0) + dt
-        self.log("[implicit-quality] %s done in %.1fs" % (label, dt))
-
-    def folder(self, kind: str, key: Any) -> Path:
-        return self.cache / ("%s-%s" % (kind, config_hash(key)))
-
-    def cached(self, kind: str, key: Any, build: Callable[[Path], None]) -> Path:
-        """``cache/<kind>-<hash(key)>``, built once into ``.tmp`` then renamed."""
-        path = self.folder(kind, key)
-        if (path / ".done").exists():
-            return path
-        tmp = path.with_name(path.name + ".tmp")
-        for p in (tmp, path):
-            if p.exists():
-                shutil.rmtree(p)
-        tmp.mkdir(parents=True)
-        (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=json_default) + "\n")
-        build(tmp)
-        (tmp / ".done").write_text("ok\n")
-        os.replace(tmp, path)
-        return path
-
-    def resumable(self, kind: str, key: Any, build: Callable[[Path], None]) -> Path:
-        """Like :meth:`cached`, but the folder is kept when a build is killed: the build resumes in it
-        (``fusion-train sample`` resumes inside its output file)."""
-        path = self.folder(kind, key)
-        if (path / ".done").exists():
-            return path
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=json_default) + "\n")
-        build(path)
-        (path / ".done").write_text("ok\n")
-        return path
 
     def task_key(self) -> Dict[str, Any]:
         c = self.cfg

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
+from benchmarks._stages import save_figure, write_reports
+
 from .config import ARM_LABELS, json_default
-from .pipeline import read_jsonl, source_accuracy
+from .pipeline import source_accuracy
 
 TRAINED = ("sft", "dpo", "ln_dpo", "wrpo_sft", "wrpo@0.1", "wrpo@high", "crlft")
 
@@ -245,22 +246,9 @@ def plot(r: Mapping[str, Any], path: Path) -> None:
     fig.suptitle("tokalign implicit fusion (%s): %s, %d seeds (mean ± std, dots = seeds)" % (
         c["name"], c["target"], len(r["seeds"])))
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def write_outputs(r: Mapping[str, Any], results_dir: Path, do_plot: bool = True) -> Dict[str, str]:
-    results_dir.mkdir(parents=True, exist_ok=True)
     stem = "implicit_quality" + ("" if r["config"]["name"] == "default" else "-" + r["config"]["name"])
-    paths = {"json": results_dir / (stem + ".json"), "md": results_dir / (stem + ".md")}
-    for kind, text in (("json", json.dumps(r, indent=2, default=json_default) + "\n"),
-                       ("md", format_markdown(r) + "\n")):
-        tmp = paths[kind].with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, paths[kind])
-    if do_plot:
-        paths["png"] = results_dir / (stem + ".png")
-        plot(r, paths["png"])
-    return {k: str(v) for k, v in paths.items()}
+    return write_reports(r, results_dir, stem, format_markdown, json_default, plot if do_plot else None)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 
 from .config import ImplicitConfig, config_hash
 from .evaluate import chat_items, evaluate, find_explicit
