@@ -69,6 +69,28 @@ def test_trainer_logs_losses_and_choice_rates(tmp_path, granularity, n_sources):
         assert 0 < h["topk_mass/pivot"] < 1
 
 
+def test_given_normalizers_replace_the_batch_counts_and_keep_the_dtype():
+    """sft_loss / fusion_loss with the step's counts (float64, as the trainer all-reduces them) divide the same
+    sums and stay float32; loss_counts gives this batch's own denominators."""
+    from fusion_train.fuse.losses import TeacherTargets, fusion_loss, loss_counts
+
+    ds = _dataset(n=3, n_sources=1)
+    batch = FusionCollator()([ds[i] for i in range(3)])
+    teachers = [TeacherTargets.from_dict(t) for t in batch["teachers"]]
+    logits = torch.randn(*batch["input_ids"].shape, V)
+    counts = loss_counts(batch["labels"], teachers, mask=batch["fusion_mask"])
+    own = fusion_loss(logits, teachers, mask=batch["fusion_mask"], labels=batch["labels"])
+    assert int(counts[1]) == int(own.positions) and int(counts[0]) == int(batch["labels"][:, 1:].ne(-100).sum())
+    doubled = counts * 2
+    half = fusion_loss(logits, teachers, mask=batch["fusion_mask"], labels=batch["labels"],
+                       sft_normalizer=doubled[0], fusion_normalizer=doubled[1])
+    assert half.loss.dtype == half.sft.dtype == torch.float32
+    assert half.loss.item() == pytest.approx(own.loss.item() / 2, rel=1e-6)
+    assert half.sft.item() == pytest.approx(own.sft.item() / 2, rel=1e-6)
+    assert sft_loss(logits, batch["labels"], normalizer=doubled[0]).item() == pytest.approx(own.sft.item() / 2,
+                                                                                            rel=1e-6)
+
+
 def _one_step(tmp_path, batch, accumulate, **kw):
     """The logged loss of one optimizer step over the first 4 samples and the weights after it."""
     trainer = FusionTrainer(

@@ -289,8 +289,14 @@ def sft_loss(
         logq_labels = student_log_probs_at(logits[..., :-1, :], ids).squeeze(-1)
     else:
         logq_labels = logq_labels[..., :-1]
-    den = keep.sum().clamp_min(1) if normalizer is None else normalizer
-    return -(logq_labels * keep).sum() / den
+    total = -(logq_labels * keep).sum()
+    return total / (keep.sum().clamp_min(1) if normalizer is None else _as_den(normalizer, total))
+
+
+def _as_den(normalizer, like: torch.Tensor) -> torch.Tensor:
+    """A given normaliser in the dtype and device of the sum it divides (a float64 count would promote a float32
+    loss: both are 0-dim)."""
+    return torch.as_tensor(normalizer, device=like.device).to(like.dtype)
 
 
 @dataclass
@@ -467,8 +473,8 @@ def fusion_loss(
         logq = student_log_probs_at(logits, ids)
     per_pos, has_target = _per_position(kind, logq, ids, probs, tail, temperature)
     weight = has_target.float() if mask is None else has_target.float() * mask.float()
-    den = weight.sum().clamp_min(1.0) if fusion_normalizer is None else fusion_normalizer
-    loss = (per_pos * weight).sum() / den
+    total = (per_pos * weight).sum()
+    loss = total / (weight.sum().clamp_min(1.0) if fusion_normalizer is None else _as_den(fusion_normalizer, total))
     counted = weight > 0
     counts = torch.bincount(choice[counted].reshape(-1), minlength=len(teachers))
     return FusionLossOutput(loss=loss, choice=choice, choice_counts=counts, positions=counted.sum(), sft=sft)

@@ -6,7 +6,8 @@ DeepSpeed, FSDP, gradient accumulation, checkpointing and resuming — is Traine
 
 How it matches FuseChat's ``DistillTrainer.compute_loss`` (``distill_greater_as_gt``, type "hard"):
 
-- SFT: the causal-LM cross-entropy over ``labels != -100`` (FuseChat: the model's own loss). We gather it together with the fusion targets from the logits
+- SFT: the causal-LM cross-entropy over ``labels != -100`` (FuseChat: the model's own loss). We gather
+  it together with the fusion targets from the logits
   (:func:`fusion_train.fuse.losses.student_log_probs_at`), so the backward builds one dense gradient
   and no ``[B, L, V]`` log-softmax is kept.
 - Fusion target: per sequence, the teacher with the lowest ``metric_ce`` (``seq_ce``) among the
@@ -180,7 +181,9 @@ class FusionTrainer(Trainer):
         fusion_mask = inputs.pop(FUSION_MASK_KEY)
         labels = inputs.pop("labels")
         norms = self._normalizers(num_items_in_batch)
-        result = self._fused_loss(model, inputs, labels, teachers, fusion_mask, norms) if args.fused_output_loss else None
+        result = None
+        if args.fused_output_loss:
+            result = self._fused_loss(model, inputs, labels, teachers, fusion_mask, norms)
         if result is None:
             result = self._logits_loss(model, inputs, labels, teachers, fusion_mask, norms)
         loss, sft, fusion_value, fused, outputs = result

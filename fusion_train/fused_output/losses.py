@@ -90,7 +90,7 @@ def fused_fusion_loss(
         next_label = _next_labels(labels)
         keep = next_label.ne(-100)
         sel |= keep
-        sft_den = keep.sum().clamp_min(1).float() if sft_normalizer is None else torch.as_tensor(sft_normalizer).float()
+        sft_den = (keep.sum().clamp_min(1) if sft_normalizer is None else torch.as_tensor(sft_normalizer)).float()
     if use_fusion:
         choice = choose_teachers(teachers, fusion=fusion, granularity=granularity, include_pivot=include_pivot)
         ids, probs = select_targets(teachers, choice)
@@ -99,7 +99,8 @@ def fused_fusion_loss(
         if mask is not None:
             weight = weight * mask.float()
         sel |= weight > 0
-        fus_den = weight.sum().clamp_min(1.0) if fusion_normalizer is None else torch.as_tensor(fusion_normalizer).float()
+        fus_den = (weight.sum().clamp_min(1.0) if fusion_normalizer is None
+                   else torch.as_tensor(fusion_normalizer)).float()
         counted = weight > 0
         counts = torch.bincount(choice[counted].reshape(-1), minlength=len(teachers))
         positions = counted.sum()
