@@ -384,3 +384,36 @@ def test_swapped_stores_are_named_as_a_swap(world, tmp_path, tokenizers_dir, cap
                  "--out", str(tmp_path / "o2"), *common]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "swapped" in err, err
+
+
+def test_full_disk_mid_store_loses_nothing_and_resumes(world, tmp_path, tokenizers_dir, capsys, monkeypatch):
+    """ENOSPC on the third write of a remap (library entry point, small flushes): the error says what to do, the
+    samples committed before it stay, and the same call again resumes to the store an uninterrupted run writes."""
+    import errno
+
+    from tokalign.cli.common import os_error_line
+    from tokalign.remap import RemapOptions, run_stores
+    from tokalign.store.writer import StoreWriter as Writer
+
+    d = world["dir"]
+    a, b = open_store(str(d / "pivot.zarr")), open_store(str(d / "source.zarr"))
+    options = RemapOptions(pivot_tokenizer=world["tp"], source_tokenizer=world["ts"], progress=False,
+                           batch_tokens=256, flush_tokens=512)
+    run_stores(a, b, world["map"], tmp_path / "whole.zarr", options)
+    orig, calls = Writer._write_rows, {"n": 0}
+
+    def full(self, rows):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.url))
+        return orig(self, rows)
+
+    monkeypatch.setattr(Writer, "_write_rows", full)
+    with pytest.raises(OSError) as info:
+        run_stores(a, b, world["map"], tmp_path / "out.zarr", options)
+    line = os_error_line(info.value)
+    assert "No space left on device" in line and "run the same command again" in line and "\n" not in line
+    monkeypatch.undo()
+    report = run_stores(a, b, world["map"], tmp_path / "out.zarr", options)
+    assert 0 < report["samples_already_done"] < len(a)
+    _assert_same_store(tmp_path / "whole.zarr", tmp_path / "out.zarr")
