@@ -82,7 +82,7 @@ class ImplicitConfig:
 
 
 def presets() -> Dict[str, ImplicitConfig]:
-    """``default``: <= 90 min on 2 CPU cores (measured: 64.6 min from an empty cache, most of it beside other
+    """``default``: <= 90 min on 2 CPU cores (measured: 64.6 min with no stage cached, most of it beside other
     benchmarks; RESULTS.md); ``gpu``: full fine-tuning, more data, steps and seeds; ``reduced``: a smaller run
     that fitted a loaded shared machine (41 min there; RESULTS.md);
     ``quick``: smoke run (minutes; the numbers mean nothing)."""
