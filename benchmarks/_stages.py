@@ -79,6 +79,24 @@ class StageCache:
         return path
 
 
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    """A configuration dataclass as a JSON-ready dict (its tuple fields as lists), for the results files."""
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def seed_bars(ax, means, stds, per_seed, color: str = "#8fb3d9"):
+    """One bar per item (mean ± std) with its per-seed values as dots; returns the x positions."""
+    import numpy as np
+
+    x = np.arange(len(means))
+    ax.bar(x, means, yerr=stds, color=color, capsize=4)
+    for i, values in enumerate(per_seed):
+        ax.plot([i] * len(values), values, "k.", ms=4)
+    return x
+
+
 def save_figure(fig, path: Path) -> None:
     """``fig`` as a PNG at ``path``, written to a temporary file then renamed; the figure is closed."""
     import matplotlib.pyplot as plt

@@ -11,6 +11,8 @@ from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
+from benchmarks._stages import config_to_dict
+
 CACHE_VERSION = 1  # bump to invalidate every cached artifact
 SOURCES = ("internlm2", "qwen2", "llama3")
 PIVOT = "openchat-3.5"
@@ -78,9 +80,7 @@ class BenchConfig:
     threads: int = 2
 
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["variants"] = list(self.variants)
-        return d
+        return config_to_dict(self)
 
 
 def config_presets() -> Dict[str, BenchConfig]:

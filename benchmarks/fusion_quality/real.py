@@ -27,11 +27,13 @@ import shutil
 import sys
 import time
 from contextlib import redirect_stdout
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
+
+from benchmarks._stages import config_to_dict
 
 from .config import TrainSpec, json_default
 from .context import Bench, _file_sig, _shared_corpora
@@ -68,26 +70,25 @@ class RealConfig:
     threads: int = 2
 
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["variants"] = list(self.variants)
-        return d
+        return config_to_dict(self)
 
 
 def real_presets() -> Dict[str, RealConfig]:
     """``real`` (the CLI default: <= 90 min on 2 CPU cores), ``real-gpu`` (full fine-tuning, more data and
     steps), ``real-reduced`` (what was run here on a shared, loaded 2-core machine; see RESULTS.md)."""
+    reduced = RealConfig(name="real-reduced", seq_len=96, n_fusion=24, n_eval=12, n_stats=800,
+                         fusion_train=TrainSpec(steps=6, batch=4, lr=2e-4, warmup=0.1))
     return {
         "real": RealConfig(),
         "real-gpu": RealConfig(name="real-gpu", seq_len=384, n_fusion=2000, n_eval=400, n_stats=4000,
                                train_layers=0, fusion_train=TrainSpec(steps=500, batch=16, lr=2e-5, warmup=0.05),
                                seeds=5, device="cuda", threads=8),
-        "real-reduced": RealConfig(name="real-reduced", seq_len=96, n_fusion=24, n_eval=12, n_stats=800,
-                                   fusion_train=TrainSpec(steps=6, batch=4, lr=2e-4, warmup=0.1)),
+        "real-reduced": reduced,
         # the same data, stores and maps with every parameter trained (lr 4x lower for 19x more parameters): does
         # training only the top layers order the variants as full fine-tuning does? (python -m
         # benchmarks.fusion_quality.compare results/fusion_quality-real-reduced{,-full}.json)
-        "real-reduced-full": RealConfig(name="real-reduced-full", seq_len=96, n_fusion=24, n_eval=12, n_stats=800,
-                                        train_layers=0, fusion_train=TrainSpec(steps=6, batch=4, lr=5e-5, warmup=0.1)),
+        "real-reduced-full": replace(reduced, name="real-reduced-full", train_layers=0,
+                                     fusion_train=TrainSpec(steps=6, batch=4, lr=5e-5, warmup=0.1)),
     }
 
 

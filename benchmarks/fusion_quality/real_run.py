@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
-from benchmarks._stages import save_figure, write_reports
+from benchmarks._stages import save_figure, seed_bars, write_reports
 
 from .config import KIND_LABELS, MAP_METHODS
 from .data import read_texts
@@ -236,10 +236,7 @@ def plot_real(results: Mapping[str, Any], path: Path) -> None:
     names = list(t)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     ax = axes[0]
-    x = np.arange(len(names))
-    ax.bar(x, [t[n]["ce_mean"] for n in names], yerr=[t[n]["ce_std"] for n in names], color="#8fb3d9", capsize=4)
-    for i, n in enumerate(names):
-        ax.plot([i] * len(t[n]["ce"]), t[n]["ce"], "k.", ms=4)
+    x = seed_bars(ax, [t[n]["ce_mean"] for n in names], [t[n]["ce_std"] for n in names], [t[n]["ce"] for n in names])
     ref = results["references"]
     ax.axhline(ref["pivot untouched"]["bpb"], color="tab:blue", ls="--", lw=0.9, label="pivot untouched")
     ax.axhline(ref["source (teacher), own tokens"]["bpb"], color="tab:orange", ls="--", lw=0.9, label="source (own)")
@@ -253,10 +250,8 @@ def plot_real(results: Mapping[str, Any], path: Path) -> None:
     ax.set_title("targets (mean ± std, dots = seeds)")
     ax = axes[1]
     dn = [n for n in names if "delta_mean" in t[n]]
-    xs = np.arange(len(dn))
-    ax.bar(xs, [t[n]["delta_mean"] for n in dn], yerr=[t[n]["delta_std"] for n in dn], color="#d9a38f", capsize=4)
-    for i, n in enumerate(dn):
-        ax.plot([i] * len(t[n]["delta"]), t[n]["delta"], "k.", ms=4)
+    xs = seed_bars(ax, [t[n]["delta_mean"] for n in dn], [t[n]["delta_std"] for n in dn],
+                   [t[n]["delta"] for n in dn], color="#d9a38f")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(xs, [n.replace("mined", "MinED") for n in dn], fontsize=8)
     ax.set_ylabel("bits/byte − SFT-only, paired by seed")

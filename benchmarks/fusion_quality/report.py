@@ -7,7 +7,7 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 
-from benchmarks._stages import save_figure, write_reports
+from benchmarks._stages import save_figure, seed_bars, write_reports
 
 from .config import KIND_LABELS, MAP_METHODS, json_default
 
@@ -123,10 +123,7 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
     names = list(t)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
-    x = np.arange(len(names))
-    ax.bar(x, [t[n]["ce_mean"] for n in names], yerr=[t[n]["ce_std"] for n in names], color="#8fb3d9", capsize=4)
-    for i, n in enumerate(names):
-        ax.plot([i] * len(t[n]["ce"]), t[n]["ce"], "k.", ms=4)
+    x = seed_bars(ax, [t[n]["ce_mean"] for n in names], [t[n]["ce_std"] for n in names], [t[n]["ce"] for n in names])
     lo = min(min(t[n]["ce"]) for n in names)
     hi = max(max(t[n]["ce"]) for n in names)
     pad = max(1e-3, 0.5 * (hi - lo))
@@ -137,10 +134,8 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
     ax = axes[1]
     dn = [n for n in names if "delta_mean" in t[n]]
     if dn:
-        xs = np.arange(len(dn))
-        ax.bar(xs, [t[n]["delta_mean"] for n in dn], yerr=[t[n]["delta_std"] for n in dn], color="#d9a38f", capsize=4)
-        for i, n in enumerate(dn):
-            ax.plot([i] * len(t[n]["delta"]), t[n]["delta"], "k.", ms=4)
+        xs = seed_bars(ax, [t[n]["delta_mean"] for n in dn], [t[n]["delta_std"] for n in dn],
+                       [t[n]["delta"] for n in dn], color="#d9a38f")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(xs, [n.upper() if n in ("em", "ms") else ("MinED" if n == "mined" else n) for n in dn])
     ax.set_ylabel("CE − CE(SFT only), paired by seed")

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Tuple
 
+from benchmarks._stages import config_to_dict
+
 TARGET_MODEL = "smollm2-135m-instruct"  # the target, and a source sampled with its own chat template
 SOURCE_MODEL = "gemma3-270m"            # a base model: sampled with a few-shot prompt
 
@@ -75,10 +77,7 @@ class ImplicitConfig:
     threads: int = 2
 
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["levels"] = list(self.levels)
-        d["arms"] = list(self.arms)
-        return d
+        return config_to_dict(self)
 
 
 def presets() -> Dict[str, ImplicitConfig]:

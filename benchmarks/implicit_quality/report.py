@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
-from benchmarks._stages import save_figure, write_reports
+from benchmarks._stages import save_figure, seed_bars, write_reports
 
 from .config import ARM_LABELS, json_default
 from .pipeline import source_accuracy
@@ -229,12 +229,9 @@ def plot(r: Mapping[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     for ax, key, label in ((axes[0], "accuracy", "held-out exact match (greedy)"),
                            (axes[1], "bpb", "held-out chat bits / byte")):
-        x = np.arange(len(arms))
-        means = [r["arms"][a][key + "_ms"]["mean"] for a in arms]
-        stds = [np.nan_to_num(r["arms"][a][key + "_ms"]["std"]) for a in arms]
-        ax.bar(x, means, yerr=stds, color="#8fb3d9", capsize=4)
-        for i, a in enumerate(arms):
-            ax.plot([i] * len(r["arms"][a][key]), r["arms"][a][key], "k.", ms=4)
+        x = seed_bars(ax, [r["arms"][a][key + "_ms"]["mean"] for a in arms],
+                      [np.nan_to_num(r["arms"][a][key + "_ms"]["std"]) for a in arms],
+                      [r["arms"][a][key] for a in arms])
         ax.set_xticks(x, arms, fontsize=8, rotation=20)
         ax.set_ylabel(label)
         if key == "bpb":
